@@ -1,0 +1,1 @@
+//! thingd-server

@@ -1,0 +1,35 @@
+//! Row types.
+
+use thingd_model::{CertificateId, CertificateStatus};
+
+/// A registered certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// SHA-256 of the DER, lowercase hex.
+    pub id: CertificateId,
+    /// The certificate in PEM.
+    pub pem: String,
+    /// Current status.
+    pub status: CertificateStatus,
+    /// The id of the registered CA that issued it, if any.
+    pub ca_id: Option<String>,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Last status or attribute change, Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A persistent MQTT session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The client id.
+    pub client_id: String,
+    /// Protocol level it was created with (4 or 5); sessions do not resume across versions.
+    pub protocol_level: u8,
+    /// Session Expiry Interval in seconds; `u32::MAX` means never.
+    pub expiry_interval: u32,
+    /// When the client disconnected (Unix seconds), or `None` while connected.
+    pub disconnected_at: Option<i64>,
+    /// The broker's encoding of the subscriptions and other session state.
+    pub state: Vec<u8>,
+}
