@@ -12,13 +12,21 @@
 //! - `registry`: `CertificateRegistry` — the status cache and its refresh from the store.
 //! - `verifier`: `RegistryClientVerifier` — the rustls client-certificate check.
 //!
-//! PLACEHOLDER SIGNATURES: the implementation is being written; the API below is the contract.
+//! Every rustls object is built with the aws-lc-rs provider explicitly, never the process
+//! default.
 
-use std::path::Path;
+mod ca;
+mod registry;
+mod verifier;
+
+pub use ca::CertificateAuthority;
+pub use registry::CertificateRegistry;
+pub use verifier::RegistryClientVerifier;
+
 use std::sync::Arc;
 
-use thingd_model::{CertificateId, CertificateStatus};
-use thingd_store::Store;
+use rustls::pki_types::CertificateDer;
+use thingd_model::CertificateId;
 
 /// Errors from the CA and registry.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +53,8 @@ pub enum AuthError {
     Tls(#[from] rustls::Error),
 }
 
-/// A device certificate and key, as issued.
-#[derive(Debug, Clone)]
+/// A device certificate and key, as issued. Its `Debug` output leaves the key out.
+#[derive(Clone)]
 pub struct IssuedCertificate {
     /// Its id (lowercase hex SHA-256 of the DER).
     pub id: CertificateId,
@@ -56,86 +64,27 @@ pub struct IssuedCertificate {
     pub private_key_pem: String,
 }
 
-/// The platform CA, loaded from or created in the data directory.
-pub struct CertificateAuthority {
-    _p: (),
-}
-
-impl CertificateAuthority {
-    /// Loads `root-ca.pem`/`root-ca.key` and `server.pem`/`server.key` from `dir`, creating any
-    /// that are missing. The server certificate covers `localhost`, `127.0.0.1`, `::1`, the
-    /// host name and `extra_names` (DNS names or IP addresses); if it exists but lacks one of
-    /// those names it is re-issued. Keys are written with mode 0600.
-    pub fn load_or_create(
-        dir: &Path,
-        extra_names: &[String],
-    ) -> Result<CertificateAuthority, AuthError> {
-        let _ = (dir, extra_names);
-        unimplemented!()
-    }
-
-    /// The root CA certificate, PEM (what devices trust).
-    pub fn root_pem(&self) -> &str {
-        unimplemented!()
-    }
-
-    /// Issues a device certificate (ECDSA P-256 key by default, or RSA-2048 when `rsa` is
-    /// set, as AWS's CreateKeysAndCertificate does) with subject CN `common_name`.
-    pub fn issue_device_certificate(
-        &self,
-        common_name: &str,
-        rsa: bool,
-    ) -> Result<IssuedCertificate, AuthError> {
-        let _ = (common_name, rsa);
-        unimplemented!()
-    }
-
-    /// A rustls server config: the server certificate, TLS 1.2 and 1.3, the aws-lc-rs provider,
-    /// client certificates mandatory and checked by `verifier`, and the given ALPN protocols.
-    pub fn server_config(
-        &self,
-        verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
-        alpn: Vec<Vec<u8>>,
-    ) -> Result<Arc<rustls::ServerConfig>, AuthError> {
-        let _ = (verifier, alpn);
-        unimplemented!()
+impl std::fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("id", &self.id)
+            .field("certificate_pem", &self.certificate_pem)
+            .finish_non_exhaustive()
     }
 }
 
-/// Live view of certificate statuses, shared by the TLS verifier and the broker.
-#[derive(Clone)]
-pub struct CertificateRegistry {
-    _p: (),
+/// The id of the certificate a TLS client authenticated with (the leaf of its chain), once
+/// the handshake has got that far.
+pub fn peer_certificate_id(conn: &rustls::ServerConnection) -> Option<CertificateId> {
+    conn.peer_certificates().and_then(leaf_certificate_id)
 }
 
-impl CertificateRegistry {
-    /// Loads every certificate from `store`.
-    pub fn load(store: &Store) -> Result<CertificateRegistry, AuthError> {
-        let _ = store;
-        unimplemented!()
-    }
+/// The id of the first (leaf) certificate of a presented chain.
+pub fn leaf_certificate_id(chain: &[CertificateDer<'_>]) -> Option<CertificateId> {
+    chain.first().map(|leaf| CertificateId::from_der(leaf))
+}
 
-    /// The status of a certificate, if registered.
-    pub fn status(&self, id: &CertificateId) -> Option<CertificateStatus> {
-        let _ = id;
-        unimplemented!()
-    }
-
-    /// Re-reads the store if it changed (`Store::data_version`) and returns the ids whose
-    /// status changed away from ACTIVE (or that were deleted), so their connections can be
-    /// closed. Cheap when nothing changed; call it every few hundred milliseconds.
-    pub fn refresh(&self, store: &Store) -> Result<Vec<CertificateId>, AuthError> {
-        let _ = store;
-        unimplemented!()
-    }
-
-    /// A rustls client-certificate verifier: the chain must verify against `roots` (the
-    /// platform root CA plus any registered CA) and the leaf must be registered and ACTIVE.
-    pub fn client_verifier(
-        &self,
-        roots: Arc<rustls::RootCertStore>,
-    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, AuthError> {
-        let _ = roots;
-        unimplemented!()
-    }
+/// The crypto provider every config and verifier here uses.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }

@@ -8,18 +8,38 @@
 //! Does not own: what the blobs mean. Sessions, messages and retained messages are opaque
 //! bytes the broker encodes; the store only keys and orders them.
 //!
+//! Each call's ops run inside their own SAVEPOINT within the shared transaction: if one op
+//! fails, that call's ops are rolled back and it gets the error, while the other calls in the
+//! same group commit are unaffected.
+//!
+//! Reads go through a separate connection that never writes; they are blocking calls (use
+//! `spawn_blocking` from async code, or call them at startup). Other processes (the
+//! `thingd cert` CLI) may open the same file and write while the server runs: SQLite's file
+//! locks and a busy timeout serialize the writers, and [`Store::data_version`] tells the server
+//! that something changed.
+//!
 //! # Layout
-//! - `sqlite`: opening, pragmas (WAL, `synchronous=FULL`), migrations.
+//! - `sqlite`: opening, pragmas (WAL, `synchronous=FULL`, `foreign_keys`), migrations, reads.
 //! - `writer`: the writer thread and group commit.
 //! - `records`: the row types.
-//!
-//! PLACEHOLDER SIGNATURES: the implementation is being written; the API below is the contract.
 
 mod records;
+mod sqlite;
+mod writer;
 
 pub use records::*;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::writer::{Command, Counters};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +81,9 @@ pub enum WriteOp {
         client_id: String,
     },
     /// Queue a message for a session, at position `seq` (unique per session, increasing).
+    /// `NotFound` if the session row does not exist (an earlier `PutSession` in the same or an
+    /// earlier call creates it); `AlreadyExists` if `seq` is taken; `seq` must be at most
+    /// `i64::MAX`.
     PushMessage {
         /// The session's client id.
         client_id: String,
@@ -90,39 +113,139 @@ pub enum WriteOp {
     },
 }
 
+/// Counters describing the writer's work since the store was opened (by this handle's
+/// process; other processes writing the same file are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed or attempted (one per group commit).
+    pub transactions: u64,
+    /// Write requests processed (calls to `write`, `write_blocking`, `write_detached`).
+    pub requests: u64,
+    /// Requests that failed (their ops were not applied).
+    pub failed_requests: u64,
+}
+
 /// A handle to the store; cheap to clone, usable from any thread or task.
+///
+/// The writer thread stops when [`Store::close`] is called or when the last handle is
+/// dropped; either way everything submitted before is committed first.
 #[derive(Clone)]
 pub struct Store {
-    _private: (),
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    commands: mpsc::Sender<Command>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The read connection. It never writes, which is what makes `data_version` see the
+    /// writer thread's commits as well as other processes'.
+    reader: Mutex<Connection>,
+    counters: Arc<Counters>,
+}
+
+impl Shared {
+    /// Asks the writer to finish and waits for it.
+    fn stop_writer(&self) {
+        let Some(handle) = self.writer.lock().take() else {
+            return;
+        };
+        // If the thread is already gone the send fails; joining still reaps it.
+        let _ = self.commands.send(Command::Close);
+        if handle.join().is_err() {
+            tracing::error!(path = %self.path.display(), "store writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, runs migrations and starts the
     /// writer thread. Blocking; call it before the runtime starts or in `spawn_blocking`.
+    ///
+    /// The same file may be opened again, by this process or another: each `Store` has its
+    /// own writer and SQLite serializes them (waiting up to a few seconds for a lock).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let _ = path;
-        unimplemented!()
+        let write_conn = sqlite::open_writer(path)?;
+        let reader = sqlite::open_reader(path)?;
+        let counters = Arc::new(Counters::default());
+        let (commands, rx) = mpsc::channel();
+        let thread_counters = Arc::clone(&counters);
+        let handle = std::thread::Builder::new()
+            .name("thingd-store-writer".to_owned())
+            .spawn(move || writer::run(write_conn, rx, thread_counters))
+            .map_err(|err| {
+                tracing::error!(error = %err, "cannot start the store writer thread");
+                StoreError::Closed
+            })?;
+        tracing::debug!(path = %path.display(), "store opened");
+        Ok(Store {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                commands,
+                writer: Mutex::new(Some(handle)),
+                reader: Mutex::new(reader),
+                counters,
+            }),
+        })
+    }
+
+    /// The database file this store was opened on.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn submit(&self, ops: Vec<WriteOp>, reply: Option<writer::Reply>) -> Result<(), StoreError> {
+        self.shared
+            .commands
+            .send(Command::Write { ops, reply })
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Submits writes and waits until the transaction holding them has committed (fsync'd).
     /// If any op fails, none of this call's ops are applied and the error is returned;
     /// other callers' ops in the same group commit are not affected.
+    ///
+    /// The ops are handed to the writer on the first poll; dropping the future after that
+    /// does not cancel them. An empty `ops` is a barrier: it resolves once everything
+    /// submitted before it (including detached writes) has been committed.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        let _ = ops;
-        unimplemented!()
+        let (reply, done) = oneshot::channel();
+        self.submit(ops, Some(reply))?;
+        done.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Submits writes without waiting for the commit (for work whose loss on a crash is
     /// harmless, such as deleting an acknowledged message). Order with later writes is kept.
+    /// A failure is only logged.
     pub fn write_detached(&self, ops: Vec<WriteOp>) {
-        let _ = ops;
-        unimplemented!()
+        if self.submit(ops, None).is_err() {
+            tracing::warn!("detached store write after the store was closed");
+        }
     }
 
     /// Blocking variant of `write`, for command-line tools and startup code.
+    ///
+    /// It blocks the calling thread until the commit, so it must be called from a plain
+    /// thread (or `spawn_blocking`), never directly inside an async task: tokio panics if a
+    /// runtime worker thread blocks this way.
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        let _ = ops;
-        unimplemented!()
+        let (reply, done) = oneshot::channel();
+        self.submit(ops, Some(reply))?;
+        done.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// One certificate by id (blocking read on a read connection).
@@ -130,40 +253,66 @@ impl Store {
         &self,
         id: &thingd_model::CertificateId,
     ) -> Result<Option<CertificateRecord>, StoreError> {
-        let _ = id;
-        unimplemented!()
+        sqlite::certificate(&self.shared.reader.lock(), id)
     }
 
     /// All certificates, oldest first.
     pub fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
-        unimplemented!()
+        sqlite::certificates(&self.shared.reader.lock())
     }
 
-    /// All persistent sessions.
+    /// The id and status of every certificate inserted or changed after `after_revision`
+    /// (pass 0 for all of them), plus the total count, from one snapshot. This is what a
+    /// status cache polls: an index range scan that is empty when no certificate changed,
+    /// however many other writes happened.
+    pub fn certificate_statuses(
+        &self,
+        after_revision: i64,
+    ) -> Result<CertificateStatusChanges, StoreError> {
+        sqlite::certificate_statuses(&self.shared.reader.lock(), after_revision)
+    }
+
+    /// All persistent sessions, ordered by client id.
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        unimplemented!()
+        sqlite::sessions(&self.shared.reader.lock())
     }
 
     /// The queued messages of one session, in `seq` order.
     pub fn messages(&self, client_id: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let _ = client_id;
-        unimplemented!()
+        sqlite::messages(&self.shared.reader.lock(), client_id)
     }
 
-    /// All retained messages.
+    /// All retained messages, ordered by topic.
     pub fn retained(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        unimplemented!()
+        sqlite::retained(&self.shared.reader.lock())
     }
 
     /// A counter that changes whenever any connection (this process or another, e.g. the
     /// CLI) has committed a write to the database since the last call; used to notice
     /// certificate status changes made by other processes. Cheap (`PRAGMA data_version`).
+    ///
+    /// SQLite only changes a connection's `data_version` for commits made by *other*
+    /// connections. It is asked on this store's read connection, which never writes, so
+    /// commits by this store's own writer thread change it too. Values are only comparable
+    /// between calls on the same `Store` (clones share the read connection).
     pub fn data_version(&self) -> Result<i64, StoreError> {
-        unimplemented!()
+        sqlite::data_version(&self.shared.reader.lock())
     }
 
-    /// Stops the writer after it has committed everything submitted so far.
+    /// What the writer has done so far.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        StoreStats {
+            transactions: c.transactions.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            failed_requests: c.failed_requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the writer after it has committed everything submitted so far. Blocks until
+    /// it has; later writes (from any clone) fail with [`StoreError::Closed`]. Reads keep
+    /// working. Calling it again does nothing.
     pub fn close(&self) {
-        unimplemented!()
+        self.shared.stop_writer();
     }
 }

@@ -33,3 +33,25 @@ pub struct SessionRecord {
     /// The broker's encoding of the subscriptions and other session state.
     pub state: Vec<u8>,
 }
+
+/// A certificate's status and the revision at which it was last written (see
+/// `Store::certificate_statuses`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateStatusEntry {
+    /// The certificate.
+    pub id: CertificateId,
+    /// Its status.
+    pub status: CertificateStatus,
+    /// Store-wide counter value of its last insert or status change (greater than zero).
+    pub revision: i64,
+}
+
+/// The answer of `Store::certificate_statuses`: one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateStatusChanges {
+    /// Certificates inserted or changed after the given revision, oldest change first.
+    pub changed: Vec<CertificateStatusEntry>,
+    /// How many certificates exist in total (lets a cache notice rows deleted behind its
+    /// back, which revisions cannot show).
+    pub total: u64,
+}

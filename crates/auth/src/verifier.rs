@@ -1,0 +1,114 @@
+//! The rustls client-certificate check: a valid chain *and* an ACTIVE registration.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use thingd_model::{CertificateId, CertificateStatus};
+
+use crate::{AuthError, CertificateRegistry, provider};
+
+/// Accepts a client certificate only if it chains to one of the trusted roots (checked by
+/// rustls' webpki verifier: signatures, validity dates, client-auth usage) and the registry
+/// says it is ACTIVE. Client authentication is mandatory.
+///
+/// Rejections: a REVOKED certificate fails with `CertificateError::Revoked` (the client sees
+/// a `certificate_revoked` alert); an unregistered or otherwise inactive one with
+/// `CertificateError::ApplicationVerificationFailure`.
+pub struct RegistryClientVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    registry: CertificateRegistry,
+}
+
+impl std::fmt::Debug for RegistryClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClientVerifier")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryClientVerifier {
+    /// A verifier trusting `roots` and checking statuses in `registry`.
+    pub fn new(
+        roots: Arc<rustls::RootCertStore>,
+        registry: CertificateRegistry,
+    ) -> Result<RegistryClientVerifier, AuthError> {
+        let chain = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| AuthError::Invalid(format!("client verifier: {e}")))?;
+        Ok(RegistryClientVerifier { chain, registry })
+    }
+}
+
+impl ClientCertVerifier for RegistryClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let id = CertificateId::from_der(end_entity);
+        if let Err(err) = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            tracing::debug!(certificate = %id, error = %err, "client certificate rejected");
+            return Err(err);
+        }
+        match self.registry.status(&id) {
+            Some(CertificateStatus::Active) => Ok(ClientCertVerified::assertion()),
+            Some(CertificateStatus::Revoked) => {
+                tracing::debug!(certificate = %id, "client certificate is revoked");
+                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+            }
+            other => {
+                tracing::debug!(
+                    certificate = %id,
+                    status = other.map_or("UNREGISTERED", CertificateStatus::as_str),
+                    "client certificate is not active"
+                );
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
