@@ -211,7 +211,7 @@ impl Store {
     fn submit(&self, ops: Vec<WriteOp>, reply: Option<writer::Reply>) -> Result<(), StoreError> {
         self.shared
             .commands
-            .send(Command::Write { ops, reply })
+            .send(Command::Write { ops: writer::Work::Ops(ops), reply })
             .map_err(|_| StoreError::Closed)
     }
 
@@ -246,6 +246,37 @@ impl Store {
         let (reply, done) = oneshot::channel();
         self.submit(ops, Some(reply))?;
         done.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on the writer connection inside the group commit, in its own savepoint, and
+    /// returns its value once the transaction holding it has committed. If `f` fails, its
+    /// changes are rolled back and the error returned; other requests are not affected.
+    /// For registry operations whose SQL lives next to their types (`crate::registry`).
+    pub async fn transact<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let slot = std::sync::Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        let func: writer::TransactFn = Box::new(move |conn| {
+            let value = f(conn)?;
+            *out.lock() = Some(value);
+            Ok(())
+        });
+        let (reply, done) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Write { ops: writer::Work::Func(std::sync::Mutex::new(Some(func))), reply: Some(reply) })
+            .map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)??;
+        slot.lock().take().ok_or_else(|| StoreError::Corrupt("transaction produced no value".to_owned()))
+    }
+
+    /// Runs `f` on the read connection (blocking; call from `spawn_blocking` in async code).
+    /// Sees everything committed before the call.
+    pub fn read<T>(&self, f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        f(&self.shared.reader.lock())
     }
 
     /// One certificate by id (blocking read on a read connection).
@@ -314,5 +345,40 @@ impl Store {
     /// working. Calling it again does nothing.
     pub fn close(&self) {
         self.shared.stop_writer();
+    }
+}
+
+#[cfg(test)]
+mod transact_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn transact_returns_the_closures_value_after_commit_and_rolls_back_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let n: i64 = store
+            .transact(|conn| {
+                conn.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)", [])?;
+                conn.execute("INSERT INTO kv VALUES ('a', '1')", [])?;
+                Ok(conn.query_row("SELECT COUNT(*) FROM kv", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let failed: Result<(), StoreError> = store
+            .transact(|conn| {
+                conn.execute("INSERT INTO kv VALUES ('b', '2')", [])?;
+                Err(StoreError::AlreadyExists("b".to_owned()))
+            })
+            .await;
+        assert!(matches!(failed, Err(StoreError::AlreadyExists(_))));
+        let keys: Vec<String> = store
+            .read(|conn| {
+                let mut stmt = conn.prepare("SELECT k FROM kv ORDER BY k")?;
+                let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        assert_eq!(keys, vec!["a".to_owned()], "the failed transaction left nothing behind");
     }
 }

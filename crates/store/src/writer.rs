@@ -26,7 +26,7 @@ pub(crate) type Reply = oneshot::Sender<Result<(), StoreError>>;
 pub(crate) enum Command {
     /// Apply these ops as one unit and report the outcome (if anyone is listening).
     Write {
-        ops: Vec<WriteOp>,
+        ops: Work,
         reply: Option<Reply>,
     },
     /// Commit what was submitted before this and stop.
@@ -41,8 +41,20 @@ pub(crate) struct Counters {
     pub(crate) failed_requests: AtomicU64,
 }
 
+/// What a request asks the writer to do inside its savepoint.
+pub(crate) enum Work {
+    /// A list of typed writes.
+    Ops(Vec<WriteOp>),
+    /// Arbitrary SQL run by the caller's closure (see `Store::transact`). It runs at most
+    /// once; a second attempt (there is none today) would see `None` and fail.
+    Func(std::sync::Mutex<Option<TransactFn>>),
+}
+
+/// A closure run on the writer connection inside a request's savepoint.
+pub(crate) type TransactFn = Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>;
+
 struct Request {
-    ops: Vec<WriteOp>,
+    ops: Work,
     reply: Option<Reply>,
 }
 
@@ -135,7 +147,14 @@ fn apply_batch(
     let mut results = Vec::with_capacity(batch.len());
     for request in batch {
         exec(conn, "SAVEPOINT request")?;
-        match apply_ops(conn, &request.ops, now) {
+        let outcome = match &request.ops {
+            Work::Ops(ops) => apply_ops(conn, ops, now),
+            Work::Func(f) => match f.lock().ok().and_then(|mut f| f.take()) {
+                Some(f) => f(conn),
+                None => Err(StoreError::Corrupt("transaction closure already ran".to_owned())),
+            },
+        };
+        match outcome {
             Ok(()) => {
                 exec(conn, "RELEASE request")?;
                 results.push(Ok(()));
