@@ -211,7 +211,10 @@ impl Store {
     fn submit(&self, ops: Vec<WriteOp>, reply: Option<writer::Reply>) -> Result<(), StoreError> {
         self.shared
             .commands
-            .send(Command::Write { ops: writer::Work::Ops(ops), reply })
+            .send(Command::Write {
+                ops: writer::Work::Ops(ops),
+                reply,
+            })
             .map_err(|_| StoreError::Closed)
     }
 
@@ -267,16 +270,36 @@ impl Store {
         let (reply, done) = oneshot::channel();
         self.shared
             .commands
-            .send(Command::Write { ops: writer::Work::Func(std::sync::Mutex::new(Some(func))), reply: Some(reply) })
+            .send(Command::Write {
+                ops: writer::Work::Func(std::sync::Mutex::new(Some(func))),
+                reply: Some(reply),
+            })
             .map_err(|_| StoreError::Closed)?;
         done.await.map_err(|_| StoreError::Closed)??;
-        slot.lock().take().ok_or_else(|| StoreError::Corrupt("transaction produced no value".to_owned()))
+        slot.lock()
+            .take()
+            .ok_or_else(|| StoreError::Corrupt("transaction produced no value".to_owned()))
     }
 
     /// Runs `f` on the read connection (blocking; call from `spawn_blocking` in async code).
     /// Sees everything committed before the call.
-    pub fn read<T>(&self, f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         f(&self.shared.reader.lock())
+    }
+
+    /// The registry revision: it moves whenever a committed change may alter an authorization
+    /// decision (see [`bump_registry_revision`]). Blocking read.
+    pub fn registry_revision(&self) -> Result<i64, StoreError> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT revision FROM registry_revision WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )?)
+        })
     }
 
     /// One certificate by id (blocking read on a read connection).
@@ -348,6 +371,17 @@ impl Store {
     }
 }
 
+/// Records, inside a `Store::transact` closure, that this transaction changes something an
+/// authorization decision depends on (a policy, an attachment, a thing principal, a thing's
+/// attributes or type).
+pub fn bump_registry_revision(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE registry_revision SET revision = revision + 1 WHERE id = 1",
+        [],
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod transact_tests {
     use super::*;
@@ -375,10 +409,16 @@ mod transact_tests {
         let keys: Vec<String> = store
             .read(|conn| {
                 let mut stmt = conn.prepare("SELECT k FROM kv ORDER BY k")?;
-                let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                let rows = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
                 Ok(rows)
             })
             .unwrap();
-        assert_eq!(keys, vec!["a".to_owned()], "the failed transaction left nothing behind");
+        assert_eq!(
+            keys,
+            vec!["a".to_owned()],
+            "the failed transaction left nothing behind"
+        );
     }
 }

@@ -20,7 +20,12 @@ const STATEMENT_CACHE: usize = 32;
 
 /// The migrations, in order. A migration is applied when its number is greater than the
 /// highest one recorded in `schema_version`. Never edit a released migration; add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_access_keys.sql")),
+    (3, include_str!("migrations/0003_registry_things.sql")),
+    (4, include_str!("migrations/0004_registry_security.sql")),
+];
 
 /// Pragmas every connection gets.
 fn configure(conn: &Connection) -> Result<(), StoreError> {

@@ -25,10 +25,7 @@ pub(crate) type Reply = oneshot::Sender<Result<(), StoreError>>;
 /// A message to the writer thread.
 pub(crate) enum Command {
     /// Apply these ops as one unit and report the outcome (if anyone is listening).
-    Write {
-        ops: Work,
-        reply: Option<Reply>,
-    },
+    Write { ops: Work, reply: Option<Reply> },
     /// Commit what was submitted before this and stop.
     Close,
 }
@@ -151,7 +148,9 @@ fn apply_batch(
             Work::Ops(ops) => apply_ops(conn, ops, now),
             Work::Func(f) => match f.lock().ok().and_then(|mut f| f.take()) {
                 Some(f) => f(conn),
-                None => Err(StoreError::Corrupt("transaction closure already ran".to_owned())),
+                None => Err(StoreError::Corrupt(
+                    "transaction closure already ran".to_owned(),
+                )),
             },
         };
         match outcome {
