@@ -9,12 +9,41 @@
 //! # Layout
 //! - `packet`: the packet types (`Connect`, `Publish`, `SubAck`, ...) and `Packet`.
 //! - `reason`: `ReasonCode` and the 3.1.1 CONNACK mapping.
-//! - `codec`: `decode` and `encode`, and `DecodeError`.
+//! - `codec`: `decode`, `encode`, `encoded_len`, `encode_to_bytes`, and their errors.
+//!
+//! # Example
+//! ```
+//! use bytes::BytesMut;
+//! use thingd_mqtt::{Packet, ProtocolVersion, decode, encode, encoded_len};
+//!
+//! let mut wire = BytesMut::new();
+//! encode(&Packet::PingReq, ProtocolVersion::V5, &mut wire)?;
+//! assert_eq!(wire.len(), encoded_len(&Packet::PingReq, ProtocolVersion::V5));
+//!
+//! // Half a packet is not a packet yet, and stays in the buffer.
+//! let mut partial = wire.split_to(1);
+//! assert_eq!(decode(&mut partial, ProtocolVersion::V5, 1024)?, None);
+//! partial.unsplit(wire);
+//! assert_eq!(decode(&mut partial, ProtocolVersion::V5, 1024)?, Some(Packet::PingReq));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+// `decode` faces untrusted bytes: no panicking shortcuts outside the tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 mod codec;
 mod packet;
 mod reason;
 
-pub use codec::{DecodeError, EncodeError, decode, encode, encoded_len};
+pub use codec::{DecodeError, EncodeError, decode, encode, encode_to_bytes, encoded_len};
 pub use packet::*;
 pub use reason::ReasonCode;

@@ -187,6 +187,13 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+impl Properties {
+    /// True when no property is set, as after `Properties::default()`.
+    pub fn is_empty(&self) -> bool {
+        *self == Properties::default()
+    }
+}
+
 /// The Will carried by CONNECT.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastWill {

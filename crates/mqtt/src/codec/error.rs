@@ -1,21 +1,20 @@
-//! Decoding and encoding of whole packets.
-//!
-//! PLACEHOLDER SIGNATURES: the implementation is being written; the API below is the contract.
+//! The errors of decoding and encoding.
 
-use bytes::BytesMut;
-
-use crate::packet::{Packet, ProtocolVersion};
 use crate::reason::ReasonCode;
 
 /// Why a packet could not be decoded. Each maps to the MQTT 5 reason code a server sends in
 /// its DISCONNECT (or CONNACK, for a bad CONNECT); a 3.1.1 server just closes the connection.
+///
+/// When `decode` returns an error other than `TooLarge`, the bytes of the offending packet
+/// may already have been removed from the buffer: the connection is to be closed anyway.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// The bytes break the packet grammar (bad lengths, bad UTF-8, reserved bits...).
+    /// The bytes break the packet grammar (bad lengths, bad UTF-8, reserved bits, QoS 3, a
+    /// PUBLISH with QoS 0 and DUP, an unknown property...).
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
     /// The packet is well-formed but the spec forbids it here (e.g. a property that does not
-    /// belong to this packet, QoS 3, a PUBLISH with QoS 0 and DUP).
+    /// belong to this packet or appears twice, a SUBSCRIBE without filters, Retain Handling 3).
     #[error("protocol error: {0}")]
     Protocol(&'static str),
     /// The whole packet would exceed the maximum packet size.
@@ -52,40 +51,8 @@ pub enum EncodeError {
     /// The packet is larger than the 268,435,455-byte limit of the remaining length.
     #[error("packet too large to encode")]
     TooLarge,
-    /// A field does not fit its wire type (a string over 65,535 bytes, a PUBLISH with QoS > 0
-    /// and no packet id, an empty SUBSCRIBE...).
+    /// A field does not fit its wire type or breaks a rule the decoder enforces (a string
+    /// over 65,535 bytes, a PUBLISH with QoS > 0 and no packet id, an empty SUBSCRIBE...).
     #[error("invalid packet: {0}")]
     Invalid(&'static str),
-}
-
-/// Decodes the packet at the front of `buf`, if a whole one has arrived, and removes its
-/// bytes from `buf`. Returns `Ok(None)` when more bytes are needed; a fixed header that
-/// announces more than `max_packet_size` bytes is rejected as soon as it is read, before the
-/// body arrives. `version` is the connection's protocol version; CONNECT carries its own and
-/// is decoded whatever `version` says. Topic names, payloads and binary properties in the
-/// result are slices of `buf`'s allocation.
-pub fn decode(
-    buf: &mut BytesMut,
-    version: ProtocolVersion,
-    max_packet_size: usize,
-) -> Result<Option<Packet>, DecodeError> {
-    let _ = (buf, version, max_packet_size);
-    unimplemented!("codec in progress")
-}
-
-/// Appends the encoding of `packet` for `version` to `out`. Fields that `version` cannot
-/// carry (properties and reason codes for 3.1.1) are left out.
-pub fn encode(
-    packet: &Packet,
-    version: ProtocolVersion,
-    out: &mut BytesMut,
-) -> Result<(), EncodeError> {
-    let _ = (packet, version, out);
-    unimplemented!("codec in progress")
-}
-
-/// The number of bytes `encode` would write for `packet`, fixed header included.
-pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
-    let _ = (packet, version);
-    unimplemented!("codec in progress")
 }

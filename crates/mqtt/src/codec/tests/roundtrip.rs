@@ -1,0 +1,94 @@
+//! Property-based tests: every packet a version can carry survives encode then decode, its
+//! encoded length is exact, and no input makes the decoder panic.
+
+use bytes::BytesMut;
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use super::strategies::versioned_packet;
+use crate::codec::{DecodeError, decode, encode, encode_to_bytes, encoded_len};
+use crate::packet::{Packet, ProtocolVersion};
+
+/// Decodes every packet in `bytes`, stopping at the first incomplete or bad one; for each
+/// packet decoded, checks that encoding it and decoding the result gives it back.
+fn decode_all(bytes: &[u8], version: ProtocolVersion, max: usize) {
+    let mut buf = BytesMut::from(bytes);
+    while let Ok(Some(packet)) = decode(&mut buf, version, max) {
+        let encoded = encode_to_bytes(&packet, version).expect("a decoded packet encodes");
+        assert_eq!(encoded_len(&packet, version), encoded.len());
+        let again = decode(&mut BytesMut::from(&encoded[..]), version, usize::MAX);
+        assert_eq!(again, Ok(Some(packet)));
+    }
+}
+
+proptest! {
+    #[test]
+    fn encode_then_decode_gives_the_packet_back((version, packet) in versioned_packet()) {
+        let mut out = BytesMut::new();
+        encode(&packet, version, &mut out).unwrap();
+        prop_assert_eq!(encoded_len(&packet, version), out.len());
+        let len = out.len();
+
+        // Exactly the right size passes the limit; one byte less does not.
+        let mut buf = out.clone();
+        prop_assert!(
+            matches!(decode(&mut buf, version, len - 1), Err(DecodeError::TooLarge { .. })),
+            "limit one byte short"
+        );
+        prop_assert_eq!(decode(&mut buf, version, len), Ok(Some(packet)));
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete((version, packet) in versioned_packet()) {
+        let encoded = encode_to_bytes(&packet, version).unwrap();
+        for cut in 0..encoded.len() {
+            let mut buf = BytesMut::from(&encoded[..cut]);
+            prop_assert_eq!(decode(&mut buf, version, usize::MAX), Ok(None));
+            prop_assert_eq!(&buf[..], &encoded[..cut]);
+        }
+    }
+
+    #[test]
+    fn packets_back_to_back(
+        packets in vec(versioned_packet(), 1..5),
+        v5 in any::<bool>(),
+    ) {
+        let version = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+        let packets: Vec<Packet> = packets
+            .into_iter()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, p)| p)
+            .collect();
+        let mut buf = BytesMut::new();
+        for packet in &packets {
+            encode(packet, version, &mut buf).unwrap();
+        }
+        for packet in packets {
+            prop_assert_eq!(decode(&mut buf, version, usize::MAX), Ok(Some(packet)));
+        }
+        prop_assert_eq!(decode(&mut buf, version, usize::MAX), Ok(None));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..256), max in 0usize..512) {
+        decode_all(&bytes, ProtocolVersion::V311, max);
+        decode_all(&bytes, ProtocolVersion::V5, max);
+    }
+
+    #[test]
+    fn damaged_packets_never_panic(
+        (version, packet) in versioned_packet(),
+        damage in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        let mut bytes = encode_to_bytes(&packet, version).unwrap().to_vec();
+        for (index, value) in damage {
+            let at = index.index(bytes.len());
+            if let Some(byte) = bytes.get_mut(at) {
+                *byte = value;
+            }
+        }
+        decode_all(&bytes, ProtocolVersion::V311, usize::MAX);
+        decode_all(&bytes, ProtocolVersion::V5, usize::MAX);
+    }
+}
