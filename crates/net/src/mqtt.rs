@@ -1,0 +1,127 @@
+//! MQTT listeners: over TLS with client certificates, and plain TCP for development.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thingd_broker::{Broker, ConnectionInfo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::{ListenerLimits, accept_loop};
+
+/// Serves MQTT over TLS (port 8883). The TLS config must demand a client certificate; the
+/// connection's principal is that certificate's id.
+pub async fn serve_mqtts(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    broker: Broker,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let timeout = limits.handshake_timeout;
+    accept_loop(listener, &limits, shutdown, move |stream, peer| {
+        let acceptor = acceptor.clone();
+        let broker = broker.clone();
+        async move {
+            let Some(tls) = handshake(&acceptor, stream, peer, timeout, "mqtts").await else {
+                return;
+            };
+            let principal = principal_of(&tls);
+            let info = ConnectionInfo {
+                remote_addr: peer,
+                principal,
+                listener: "mqtts",
+            };
+            broker.serve_connection(tls, info).await;
+        }
+    })
+    .await;
+}
+
+/// Serves MQTT over plain TCP. For development only: connections have no principal.
+pub async fn serve_mqtt_plain(
+    listener: TcpListener,
+    broker: Broker,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) {
+    accept_loop(listener, &limits, shutdown, move |stream, peer| {
+        let broker = broker.clone();
+        async move {
+            let info = ConnectionInfo {
+                remote_addr: peer,
+                principal: None,
+                listener: "mqtt",
+            };
+            broker.serve_connection(stream, info).await;
+        }
+    })
+    .await;
+}
+
+/// Runs the TLS handshake under a deadline, counting failures by reason.
+pub(crate) async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    timeout: std::time::Duration,
+    listener: &'static str,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            metrics::counter!("thingd_tls_handshakes_total", "listener" => listener).increment(1);
+            Some(tls)
+        }
+        Ok(Err(error)) => {
+            let reason = handshake_failure_reason(&error);
+            metrics::counter!("thingd_tls_handshake_failures_total", "listener" => listener, "reason" => reason)
+                .increment(1);
+            tracing::debug!(%peer, %error, reason, "TLS handshake refused");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("thingd_tls_handshake_failures_total", "listener" => listener, "reason" => "timeout")
+                .increment(1);
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// The principal of a TLS connection: the id of the client certificate it presented.
+pub(crate) fn principal_of(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<String> {
+    let (_, conn) = tls.get_ref();
+    thingd_auth::peer_certificate_id(conn).map(|id| id.as_str().to_owned())
+}
+
+/// A short, bounded label for a failed handshake, for the metric.
+fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
+    let Some(tls_error) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return "io";
+    };
+    match tls_error {
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => {
+            "certificate_revoked"
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            "unknown_issuer"
+        }
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ) => "certificate_not_active",
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => {
+            "certificate_expired"
+        }
+        rustls::Error::InvalidCertificate(_) => "invalid_certificate",
+        rustls::Error::NoApplicationProtocol => "no_application_protocol",
+        rustls::Error::PeerIncompatible(_) => "peer_incompatible",
+        rustls::Error::AlertReceived(_) => "alert_received",
+        _ => "tls_error",
+    }
+}

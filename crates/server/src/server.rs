@@ -1,0 +1,309 @@
+//! Starting and stopping a whole server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use thingd_auth::{CertificateAuthority, CertificateRegistry};
+use thingd_broker::Broker;
+use thingd_net::{ALPN_HTTP11, ALPN_MQTT_CA, ListenerLimits};
+use thingd_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::authorize::CertificateAuthorizer;
+use crate::config::Config;
+use crate::metrics_http;
+
+/// How often certificate statuses are re-read to close connections of certificates that
+/// stopped being ACTIVE (for example after `thingd cert set-status`).
+const STATUS_POLL: Duration = Duration::from_millis(250);
+
+/// Entry point for running thingd.
+pub struct Server;
+
+/// A started server: its bound addresses, and the handle to stop it.
+pub struct RunningServer {
+    /// MQTT over TLS address, if enabled.
+    pub mqtts: Option<SocketAddr>,
+    /// TLS port with ALPN dispatch (MQTT, HTTP, WebSocket), if enabled.
+    pub https: Option<SocketAddr>,
+    /// Plain MQTT (development) address, if enabled.
+    pub mqtt_plain: Option<SocketAddr>,
+    /// Metrics address, if enabled.
+    pub metrics: Option<SocketAddr>,
+    /// Control-plane HTTP address, if enabled.
+    pub api: Option<SocketAddr>,
+    /// The AWS CLI credentials file (profiles `thingd` and `default`).
+    pub aws_credentials_path: PathBuf,
+    /// The AWS CLI config file (region and `endpoint_url`).
+    pub aws_config_path: PathBuf,
+    /// The root CA certificate file devices must trust.
+    pub root_ca_path: PathBuf,
+    /// The broker, for in-process use.
+    pub broker: Broker,
+    /// The store.
+    pub store: Store,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Server {
+    /// Creates or opens the data directory and starts every configured listener.
+    pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+        let metrics_handle = metrics_http::install_recorder();
+        create_private_dir(&config.data_dir)?;
+
+        let pki_dir = config.pki_dir();
+        let names = config.endpoint_names.clone();
+        let ca = tokio::task::spawn_blocking(move || {
+            CertificateAuthority::load_or_create(&pki_dir, &names)
+        })
+        .await?
+        .context("loading the certificate authority")?;
+        let ca = Arc::new(ca);
+        let db_path = config.database_path();
+        let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+            .await?
+            .with_context(|| format!("opening {}", config.database_path().display()))?;
+        let registry = CertificateRegistry::load(&store)?;
+
+        let authorizer = Arc::new(CertificateAuthorizer::new(registry.clone()));
+        let broker_config = config.limits.broker_config();
+        let broker = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || Broker::new(broker_config, store, authorizer))
+                .await??
+        };
+
+        let roots = Arc::new(ca.root_store());
+        let verifier = registry.client_verifier(roots)?;
+        let limits = ListenerLimits {
+            max_connections: config.limits.max_connections,
+            handshake_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
+        };
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let mut running = RunningServer {
+            mqtts: None,
+            https: None,
+            mqtt_plain: None,
+            metrics: None,
+            api: None,
+            aws_credentials_path: config.data_dir.join("aws-credentials"),
+            aws_config_path: config.data_dir.join("aws-config"),
+            root_ca_path: config.pki_dir().join("root-ca.pem"),
+            broker: broker.clone(),
+            store: store.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        };
+
+        if let Some(addr) = config.listeners.mqtts {
+            let listener = bind(addr, "mqtts").await?;
+            running.mqtts = Some(listener.local_addr()?);
+            let tls = ca.server_config(verifier.clone(), Vec::new())?;
+            tasks.spawn(thingd_net::serve_mqtts(
+                listener,
+                tls,
+                broker.clone(),
+                limits.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(addr) = config.listeners.https {
+            let listener = bind(addr, "https").await?;
+            running.https = Some(listener.local_addr()?);
+            let tls = ca.server_config(
+                verifier.clone(),
+                vec![ALPN_MQTT_CA.to_vec(), ALPN_HTTP11.to_vec()],
+            )?;
+            let http = axum::Router::new();
+            tasks.spawn(thingd_net::serve_https(
+                listener,
+                tls,
+                broker.clone(),
+                http,
+                limits.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(addr) = config.listeners.mqtt_plain {
+            let listener = bind(addr, "mqtt-plain").await?;
+            let local = listener.local_addr()?;
+            running.mqtt_plain = Some(local);
+            tracing::warn!(
+                %local,
+                "plain-TCP MQTT listener is ON: no TLS and no client authentication. Use it for development only."
+            );
+            tasks.spawn(thingd_net::serve_mqtt_plain(
+                listener,
+                broker.clone(),
+                limits.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(addr) = config.listeners.metrics {
+            let listener = bind(addr, "metrics").await?;
+            running.metrics = Some(listener.local_addr()?);
+            let app = metrics_http::routes(metrics_handle);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "metrics endpoint failed");
+                }
+            });
+        }
+
+        if let Some(addr) = config.listeners.api {
+            let listener = bind(addr, "api").await?;
+            let local = listener.local_addr()?;
+            running.api = Some(local);
+            let store2 = store.clone();
+            let (admin, secrets) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let admin = thingd_api::access_keys::ensure_admin_key(&store2)?;
+                let secrets = thingd_api::access_keys::load_secrets(&store2)?;
+                Ok((admin, secrets))
+            })
+            .await??;
+            let (credentials, aws_config) = thingd_api::access_keys::write_cli_files(
+                &config.data_dir,
+                &admin,
+                &config.region,
+                &format!("http://{local}"),
+            )?;
+            tracing::info!(
+                credentials = %credentials.display(),
+                config = %aws_config.display(),
+                "AWS CLI: export AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE to these files (profile `thingd`)"
+            );
+            let state = Arc::new(thingd_api::ApiState {
+                store: store.clone(),
+                ca: ca.clone(),
+                registry: registry.clone(),
+                arns: thingd_api::wire::Arns {
+                    region: config.region.clone(),
+                    account: config.account_id.clone(),
+                },
+                data_endpoint: config.data_endpoint(),
+                verifier: thingd_sigv4::Verifier::control_plane(),
+                credentials: Arc::new(parking_lot::RwLock::new(secrets)),
+            });
+            let app = thingd_api::control_plane(state);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "control-plane endpoint failed");
+                }
+            });
+        }
+
+        tasks.spawn(watch_certificate_status(
+            registry,
+            store.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+        write_listeners_file(&config, &running)?;
+        tracing::info!(
+            mqtts = ?running.mqtts,
+            https = ?running.https,
+            metrics = ?running.metrics,
+            api = ?running.api,
+            root_ca = %running.root_ca_path.display(),
+            data_dir = %config.data_dir.display(),
+            "thingd is running"
+        );
+        Ok(running)
+    }
+}
+
+impl RunningServer {
+    /// Stops the listeners, disconnects every client (v5: DISCONNECT 0x8B), persists the
+    /// sessions and closes the store.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.broker.shutdown().await;
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+}
+
+async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({name})"))
+}
+
+/// Closes the connections of certificates that stopped being ACTIVE, within `STATUS_POLL`
+/// of the change being committed, whoever made it (this process or the CLI).
+async fn watch_certificate_status(
+    registry: CertificateRegistry,
+    store: Store,
+    broker: Broker,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(STATUS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (registry2, store2) = (registry.clone(), store.clone());
+        let changed = tokio::task::spawn_blocking(move || registry2.refresh(&store2)).await;
+        match changed {
+            Ok(Ok(ids)) => {
+                for id in ids {
+                    let closed = broker.disconnect_principal(id.as_str());
+                    tracing::info!(certificate = %id, closed, "certificate is no longer active; closed its connections");
+                }
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "reading certificate statuses failed"),
+            Err(error) => tracing::warn!(%error, "certificate status task failed"),
+        }
+    }
+}
+
+/// Writes `listeners.json` in the data directory with the bound addresses, so scripts and
+/// tests can find ports the OS chose.
+fn write_listeners_file(config: &Config, running: &RunningServer) -> anyhow::Result<()> {
+    let json = serde_json::json!({
+        "mqtts": running.mqtts.map(|a| a.to_string()),
+        "https": running.https.map(|a| a.to_string()),
+        "mqtt_plain": running.mqtt_plain.map(|a| a.to_string()),
+        "metrics": running.metrics.map(|a| a.to_string()),
+        "api": running.api.map(|a| a.to_string()),
+        "root_ca": running.root_ca_path.display().to_string(),
+    });
+    let path = config.data_dir.join("listeners.json");
+    let tmp = config.data_dir.join("listeners.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Creates `dir` (mode 0700 when new).
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
