@@ -8,13 +8,64 @@
 //! metrics. Does not own: TLS, listeners, certificates, IoT policies or any AWS feature by name;
 //! those plug in through `ConnectionInfo` and `Authorizer`.
 //!
-//! PLACEHOLDER SIGNATURES: the implementation is being written; the API below is the contract.
+//! # Layout
+//! - `config`: `BrokerConfig` defaults and derived rules (keep-alive clamping...).
+//! - `connect`: the CONNECT exchange. `connection`: the per-connection task and handlers.
+//! - `session`: one session's state (subscriptions, in-flight, queue). `alias`: topic aliases.
+//! - `broker`: the shared state, fan-out, session attach/detach/expiry, restore.
+//! - `retained`, `will`, `persist` (blob encodings), `reserved` (topic rules), `metrics`.
+//! - `internal`: `InternalClient`, an in-process client.
+//!
+//! # Behaviour choices
+//! - QoS 0, 1 and 2 in both directions (`maximum_qos`, default 2; AWS stops at 1). Inbound
+//!   QoS 2 is delivered on PUBLISH receipt; a repeated PUBLISH with an id awaiting PUBREL is
+//!   acknowledged but not delivered again.
+//! - MQTT 3.1.1 has no Session Expiry field: `cleanSession=0` gets `max_session_expiry`
+//!   (AWS expires such sessions after the account limit, 1 h by default).
+//! - Errors 3.1.1 cannot express close the connection (AWS behaviour): denied publish or
+//!   subscribe, invalid topic name, oversized packet, too many filters. A 3.1.1 SUBSCRIBE
+//!   with an invalid filter or over the subscription limit gets return code 0x80 for that
+//!   filter instead, as 3.1.1 allows.
+//! - A refused 3.1.1 CONNECT with Not authorized is closed without CONNACK (AWS); other
+//!   codes become the nearest 3.1.1 return code.
+//! - PUBLISH to `$` topics is allowed only under `$aws/` (see `reserved`); a retained
+//!   publish to any `$` topic is treated as not authorized (AWS forbids it).
+//! - Retained messages are sent on SUBSCRIBE for wildcard filters too (MQTT; AWS only does
+//!   exact filters), never for `$share` subscriptions.
+//! - Publishers' PUBACK/PUBREC are sent only after every message queued for a persistent
+//!   session (online or offline) and every retained QoS ≥ 1 message is committed; such
+//!   messages stay in the store until the receiver acknowledges them.
+//! - Slow consumers: a full outbound queue drops QoS 0 (`slow_consumer`) and queues QoS 1/2
+//!   in the session (bounded, oldest dropped: `queue_full`). Publishers never wait.
+//! - Shared subscriptions pick the next online member round robin; with none online, a
+//!   member with a persistent session queues QoS ≥ 1 messages.
+//! - Overlapping subscriptions of one client get one copy with the highest QoS and all
+//!   subscription identifiers.
+//! - A Will's Message Expiry counts from the disconnect (AWS).
+//! - Not persisted: pending delayed wills (a restart drops them), outbound topic-alias and
+//!   in-flight stage (after a restart, messages in flight are resent as new PUBLISHes).
+
+mod alias;
+mod broker;
+mod config;
+mod connect;
+mod connection;
+mod internal;
+mod message;
+mod metrics;
+mod persist;
+mod reserved;
+mod retained;
+mod session;
+mod will;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use internal::{ClientError, InternalClient, Message};
 
 /// Broker settings. `Default` gives AWS IoT Core's limits where AWS has one.
 #[derive(Debug, Clone)]
@@ -93,21 +144,49 @@ pub trait Authorizer: Send + Sync + 'static {
 /// An `Authorizer` that allows everything (development and tests).
 pub struct AllowAll;
 
+impl ConnectionPolicy for AllowAll {
+    fn can_publish(&self, _topic: &str, _retain: bool) -> bool {
+        true
+    }
+    fn can_subscribe(&self, _filter: &str) -> bool {
+        true
+    }
+    fn can_receive(&self, _topic: &str) -> bool {
+        true
+    }
+}
+
+impl Authorizer for AllowAll {
+    fn connect(
+        &self,
+        _info: &ConnectionInfo,
+        _client_id: &str,
+    ) -> Result<Arc<dyn ConnectionPolicy>, thingd_mqtt::ReasonCode> {
+        Ok(Arc::new(AllowAll))
+    }
+}
+
 /// The broker; cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
-    _p: (),
+    shared: Arc<broker::Shared>,
 }
 
 impl Broker {
     /// A broker over `store`, restoring persistent sessions and retained messages from it.
+    ///
+    /// Sessions found in the store start offline; one still marked connected (the process
+    /// died) counts as disconnected now. The once-a-second session-expiry sweep starts here
+    /// when called inside a tokio runtime, else with the first connection.
     pub fn new(
         config: BrokerConfig,
         store: thingd_store::Store,
         authorizer: Arc<dyn Authorizer>,
     ) -> Result<Broker, thingd_store::StoreError> {
-        let _ = (config, store, authorizer);
-        unimplemented!()
+        let shared = Arc::new(broker::Shared::new(config, store, authorizer));
+        shared.restore()?;
+        will::start_sweeper(&shared);
+        Ok(Broker { shared })
     }
 
     /// Runs one client connection until it closes. Never panics on bad input.
@@ -115,19 +194,86 @@ impl Broker {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _ = (stream, info);
-        unimplemented!()
+        connection::serve(self.shared.clone(), stream, info, None).await;
     }
 
     /// Closes every live connection whose principal is `principal` (v5: DISCONNECT 0x98
     /// Administrative action). Returns how many were closed.
     pub fn disconnect_principal(&self, principal: &str) -> usize {
-        let _ = principal;
-        unimplemented!()
+        self.close_where(thingd_mqtt::ReasonCode::AdministrativeAction, |p| {
+            p == Some(principal)
+        })
+    }
+
+    fn close_where(
+        &self,
+        reason: thingd_mqtt::ReasonCode,
+        pick: impl Fn(Option<&str>) -> bool,
+    ) -> usize {
+        let cells: Vec<_> = self.shared.sessions.lock().values().cloned().collect();
+        let mut n = 0;
+        for cell in cells {
+            let s = cell.lock();
+            if let Some(link) = &s.conn
+                && pick(link.principal.as_deref())
+                && link.ctrl.send(session::Control::Close(reason)).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Sends DISCONNECT 0x8B to every client, closes them, and flushes the store.
+    /// New connections are refused from the moment this is called.
     pub async fn shutdown(&self) {
-        unimplemented!()
+        self.shared.shutdown.cancel();
+        self.close_where(thingd_mqtt::ReasonCode::ServerShuttingDown, |_| true);
+        if tokio::time::timeout(Duration::from_secs(10), self.shared.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after 10 s of shutdown");
+        }
+        // Rewrite every persistent session's row; waiting for it also waits for every
+        // detached write submitted before.
+        let now = self.shared.clock.now_secs();
+        let ops: Vec<_> = {
+            let cells: Vec<_> = self.shared.sessions.lock().values().cloned().collect();
+            cells
+                .iter()
+                .filter_map(|c| {
+                    let s = c.lock();
+                    s.stored.then(|| {
+                        let at = s
+                            .disconnected_at_ms
+                            .map(|ms| (ms / 1000) as i64)
+                            .unwrap_or(now);
+                        thingd_store::WriteOp::PutSession(broker::session_record(&s, Some(at)))
+                    })
+                })
+                .collect()
+        };
+        if let Err(e) = self.shared.store.write(ops).await {
+            tracing::error!(error = %e, "cannot persist sessions at shutdown");
+        }
+    }
+
+    /// An in-process client with the given client id (MQTT 5, clean start, no session
+    /// expiry, not subject to the authorizer; principal "internal"). Must be called inside
+    /// a tokio runtime. See [`InternalClient`].
+    pub fn internal_client(&self, client_id: &str) -> InternalClient {
+        internal::start(self.clone(), client_id)
+    }
+
+    pub(crate) fn serve_internal<S>(
+        &self,
+        stream: S,
+        info: ConnectionInfo,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        connection::serve(self.shared.clone(), stream, info, Some(Arc::new(AllowAll)))
     }
 }

@@ -1,0 +1,559 @@
+//! The shared state of the broker: sessions by client id, the subscription index, retained
+//! messages; fan-out of published messages; attaching and detaching connections; session
+//! expiry; restoring state from the store.
+//!
+//! Lock order: `sessions` map → one session cell → `index` → retained. The fan-out reads the
+//! index, releases it, and only then locks the receiving sessions one at a time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Waker};
+
+use parking_lot::{Mutex, RwLock};
+use thingd_mqtt::{ProtocolVersion, QoS, SubscriptionOptions};
+use thingd_store::{SessionRecord, Store, WriteOp};
+use thingd_topic::SubscriptionIndex;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::message::{AppMsg, Clock, Delivery};
+use crate::metrics;
+use crate::persist;
+use crate::retained::Retained;
+use crate::session::{Control, Effects, Link, Session, SessionCell, Will};
+use crate::{Authorizer, BrokerConfig};
+
+/// Index key: the client, and the share group for `$share/<group>/...` subscriptions, so one
+/// client can hold both `a/b` and `$share/g/a/b`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SubKey {
+    pub(crate) client: Arc<str>,
+    pub(crate) group: Option<Arc<str>>,
+}
+
+/// Index value.
+pub(crate) struct SubVal {
+    pub(crate) cell: Arc<SessionCell>,
+    pub(crate) opts: SubscriptionOptions,
+    pub(crate) id: Option<u32>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    pub(crate) store: Store,
+    pub(crate) authorizer: Arc<dyn Authorizer>,
+    pub(crate) clock: Clock,
+    pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<SessionCell>>>,
+    pub(crate) index: RwLock<SubscriptionIndex<SubKey, SubVal>>,
+    pub(crate) retained: Retained,
+    next_conn_id: AtomicU64,
+    share_rr: AtomicUsize,
+    pub(crate) will_gen: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    live: AtomicUsize,
+    live_changed: Notify,
+    pub(crate) sweeper_started: std::sync::atomic::AtomicBool,
+}
+
+/// Splits a filter as sent into (group, filter to index).
+pub(crate) fn split_filter(filter: &str) -> (Option<Arc<str>>, &str) {
+    match thingd_topic::parse_shared(filter) {
+        Some((g, f)) => (Some(Arc::from(g)), f),
+        None => (None, filter),
+    }
+}
+
+/// The store row of a session.
+pub(crate) fn session_record(s: &Session, disconnected_at: Option<i64>) -> SessionRecord {
+    let mut qos2: Vec<u16> = s.inbound_qos2.iter().copied().collect();
+    qos2.sort_unstable();
+    SessionRecord {
+        client_id: s.client_id.to_string(),
+        protocol_level: s.version.level(),
+        expiry_interval: s.expiry,
+        disconnected_at,
+        state: persist::encode_state(&s.subs, &qos2),
+    }
+}
+
+/// What `attach` hands back to the connection.
+pub(crate) struct Attached {
+    pub(crate) cell: Arc<SessionCell>,
+    pub(crate) session_present: bool,
+    pub(crate) redelivery: Vec<bytes::Bytes>,
+    /// Wills of a replaced connection or an ended session, to publish now.
+    pub(crate) wills: Vec<Will>,
+    /// Store writes to make before CONNACK.
+    pub(crate) store_ops: Vec<WriteOp>,
+}
+
+/// Counts a live connection while it exists.
+pub(crate) struct LiveGuard(Arc<Shared>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.0.live_changed.notify_waiters();
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: BrokerConfig,
+        store: Store,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Shared {
+        Shared {
+            config,
+            store,
+            authorizer,
+            clock: Clock::new(),
+            sessions: Mutex::new(HashMap::new()),
+            index: RwLock::new(SubscriptionIndex::new()),
+            retained: Retained::default(),
+            next_conn_id: AtomicU64::new(1),
+            share_rr: AtomicUsize::new(0),
+            will_gen: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            live: AtomicUsize::new(0),
+            live_changed: Notify::new(),
+            sweeper_started: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn live_guard(self: &Arc<Self>) -> LiveGuard {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        LiveGuard(self.clone())
+    }
+
+    /// Waits until no connection is being served.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.live_changed.notified();
+            if self.live.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn effects(&self) -> Effects {
+        Effects::new(self.clock.now_ms(), self.config.max_queued_messages)
+    }
+
+    /// Submits the writes gathered in `fx`. The returned receiver yields whether the durable
+    /// part committed (immediately `true` when there was none). The durable write is handed
+    /// to the store before this returns, so later detached writes stay ordered after it.
+    pub(crate) fn commit(&self, fx: Effects) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        if !fx.detached.is_empty() {
+            self.store.write_detached(fx.detached);
+        }
+        if fx.durable.is_empty() {
+            let _ = tx.send(true);
+            return rx;
+        }
+        let store = self.store.clone();
+        let ops = fx.durable;
+        let mut fut = Box::pin(async move {
+            let ok = match store.write(ops).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "store write failed");
+                    false
+                }
+            };
+            let _ = tx.send(ok);
+        });
+        // Poll once so the ops reach the writer now; finish on a task.
+        let mut cx = Context::from_waker(Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(fut);
+        }
+        rx
+    }
+
+    /// Delivers `msg` to every matching subscription.
+    pub(crate) fn route(&self, msg: &Arc<AppMsg>, fx: &mut Effects) {
+        struct Target {
+            cell: Arc<SessionCell>,
+            qos: QoS,
+            rap: bool,
+            ids: Vec<u32>,
+        }
+        type Member = (Arc<SessionCell>, SubscriptionOptions, Option<u32>);
+        let mut direct: HashMap<usize, Target> = HashMap::new();
+        let mut groups: HashMap<(Arc<str>, String), Vec<Member>> = HashMap::new();
+        {
+            let index = self.index.read();
+            index.for_each_match(&msg.topic, |filter, key, val| match &key.group {
+                None => {
+                    if val.opts.no_local && msg.origin.as_deref() == Some(&*key.client) {
+                        return;
+                    }
+                    let t = direct
+                        .entry(Arc::as_ptr(&val.cell) as usize)
+                        .or_insert_with(|| Target {
+                            cell: val.cell.clone(),
+                            qos: QoS::AtMostOnce,
+                            rap: false,
+                            ids: Vec::new(),
+                        });
+                    t.qos = t.qos.max(val.opts.qos);
+                    t.rap |= val.opts.retain_as_published;
+                    t.ids.extend(val.id);
+                }
+                Some(g) => groups
+                    .entry((g.clone(), filter.to_owned()))
+                    .or_default()
+                    .push((val.cell.clone(), val.opts, val.id)),
+            });
+        }
+        for t in direct.into_values() {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(t.qos),
+                retain: msg.retain && t.rap,
+                sub_ids: t.ids,
+                seq: None,
+            };
+            t.cell.lock().offer(d, fx);
+        }
+        for members in groups.into_values() {
+            self.deliver_shared(msg, members, fx);
+        }
+    }
+
+    /// One member of a share group gets the message: the next online one (round robin), or,
+    /// with nobody online, a member with a persistent session queues it (QoS ≥ 1).
+    fn deliver_shared(
+        &self,
+        msg: &Arc<AppMsg>,
+        members: Vec<(Arc<SessionCell>, SubscriptionOptions, Option<u32>)>,
+        fx: &mut Effects,
+    ) {
+        let n = members.len();
+        if n == 0 {
+            return;
+        }
+        let start = self.share_rr.fetch_add(1, Ordering::Relaxed);
+        let delivery = |opts: &SubscriptionOptions, id: &Option<u32>| Delivery {
+            msg: msg.clone(),
+            qos: msg.qos.min(opts.qos),
+            retain: msg.retain && opts.retain_as_published,
+            sub_ids: id.iter().copied().collect(),
+            seq: None,
+        };
+        for i in 0..n {
+            let (cell, opts, id) = &members[(start + i) % n];
+            let mut s = cell.lock();
+            let online = s
+                .conn
+                .as_ref()
+                .is_some_and(|l| l.policy.can_receive(&msg.topic));
+            if online && !s.ended {
+                s.offer(delivery(opts, id), fx);
+                return;
+            }
+        }
+        if msg.qos == QoS::AtMostOnce {
+            return;
+        }
+        for i in 0..n {
+            let (cell, opts, id) = &members[(start + i) % n];
+            let mut s = cell.lock();
+            if s.persistent() && !s.ended && opts.qos != QoS::AtMostOnce {
+                s.offer(delivery(opts, id), fx);
+                return;
+            }
+        }
+    }
+
+    /// Attaches a new connection to the session of `client_id`, taking over or ending any
+    /// existing one.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attach(
+        &self,
+        client_id: &Arc<str>,
+        version: ProtocolVersion,
+        clean_start: bool,
+        expiry: u32,
+        link: Link,
+        will: Option<Will>,
+    ) -> Attached {
+        let mut out = Attached {
+            cell: Arc::new(Mutex::new(Session::new(client_id.clone(), version, expiry))),
+            session_present: false,
+            redelivery: Vec::new(),
+            wills: Vec::new(),
+            store_ops: Vec::new(),
+        };
+        let mut map = self.sessions.lock();
+        if let Some(cell) = map.get(client_id).cloned() {
+            let mut s = cell.lock();
+            if let Some(old) = s.conn.take() {
+                let _ = old
+                    .ctrl
+                    .send(Control::Close(thingd_mqtt::ReasonCode::SessionTakenOver));
+                tracing::info!(client_id = %client_id, "session taken over by a new connection");
+            }
+            let old_will = s.will.take();
+            let pending = s.pending_will.take();
+            // An offline session past its expiry that the sweep has not reached yet.
+            let now = self.clock.now_ms();
+            let expired = s.conn.is_none()
+                && s.expiry != u32::MAX
+                && s.disconnected_at_ms
+                    .is_some_and(|at| at + u64::from(s.expiry) * 1000 <= now);
+            // Sessions do not resume across protocol versions (AWS rule).
+            if !clean_start && !expired && s.version == version {
+                // Resume. MQTT 5: a Will with a delay is not sent when the session resumes.
+                out.wills.extend(old_will.filter(|w| w.delay == 0));
+                drop(pending);
+                s.expiry = expiry;
+                s.disconnected_at_ms = None;
+                s.conn = Some(link);
+                s.will = will;
+                let mut fx = self.effects();
+                out.redelivery = s.redelivery(&mut fx);
+                s.pump(&mut fx);
+                if s.persistent() {
+                    s.stored = true;
+                    out.store_ops
+                        .push(WriteOp::PutSession(session_record(&s, None)));
+                } else if s.stored {
+                    s.stored = false;
+                    out.store_ops.push(WriteOp::DeleteSession {
+                        client_id: client_id.to_string(),
+                    });
+                }
+                out.store_ops.extend(fx.detached);
+                out.store_ops.extend(fx.durable);
+                out.session_present = true;
+                drop(s);
+                out.cell = cell;
+                return out;
+            }
+            out.wills.extend(old_will);
+            out.wills.extend(pending.map(|(_, w)| w));
+            if s.stored {
+                out.store_ops.push(WriteOp::DeleteSession {
+                    client_id: client_id.to_string(),
+                });
+            }
+            self.end_locked(&mut map, &cell, &mut s);
+        }
+        {
+            let mut s = out.cell.lock();
+            s.conn = Some(link);
+            s.will = will;
+            if s.persistent() {
+                s.stored = true;
+                out.store_ops
+                    .push(WriteOp::PutSession(session_record(&s, None)));
+            }
+        }
+        map.insert(client_id.clone(), out.cell.clone());
+        metrics::sessions(map.len());
+        out
+    }
+
+    /// Ends a session: removes it from the map and its subscriptions from the index.
+    /// The caller holds the map lock and the session's lock.
+    fn end_locked(
+        &self,
+        map: &mut HashMap<Arc<str>, Arc<SessionCell>>,
+        cell: &Arc<SessionCell>,
+        s: &mut Session,
+    ) {
+        if map.get(&s.client_id).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            map.remove(&s.client_id);
+        }
+        {
+            let mut index = self.index.write();
+            for filter in s.subs.keys() {
+                let (group, inner) = split_filter(filter);
+                let key = SubKey {
+                    client: s.client_id.clone(),
+                    group,
+                };
+                index.remove(inner, &key);
+            }
+        }
+        s.end();
+        metrics::sessions(map.len());
+    }
+
+    /// A connection has closed. Ends its session or keeps it offline; returns the wills to
+    /// publish now. Nothing happens when `conn_id` is no longer the session's connection.
+    pub(crate) fn detach(
+        self: &Arc<Self>,
+        cell: &Arc<SessionCell>,
+        conn_id: u64,
+        with_will: bool,
+    ) -> Vec<Will> {
+        let mut wills = Vec::new();
+        let mut map = self.sessions.lock();
+        let mut s = cell.lock();
+        if !s.is_current(conn_id) {
+            return wills;
+        }
+        s.conn = None;
+        let will = s.will.take().filter(|_| with_will);
+        let now = self.clock.now_ms();
+        if !s.persistent() {
+            wills.extend(will);
+            if s.stored {
+                self.store.write_detached(vec![WriteOp::DeleteSession {
+                    client_id: s.client_id.to_string(),
+                }]);
+            }
+            self.end_locked(&mut map, cell, &mut s);
+            return wills;
+        }
+        s.disconnected_at_ms = Some(now);
+        s.stored = true;
+        self.store
+            .write_detached(vec![WriteOp::PutSession(session_record(
+                &s,
+                Some((now / 1000) as i64),
+            ))]);
+        if let Some(mut w) = will {
+            w.msg.expires_at =
+                crate::message::expiry_from(w.expiry_interval, self.config.max_message_expiry, now);
+            if w.delay == 0 {
+                wills.push(w);
+            } else {
+                let gen_id = self.will_gen.fetch_add(1, Ordering::Relaxed);
+                let after = w.delay.min(s.expiry);
+                s.pending_will = Some((gen_id, w));
+                crate::will::schedule(self, s.client_id.clone(), cell.clone(), gen_id, after);
+            }
+        }
+        wills
+    }
+
+    /// Ends offline sessions whose expiry has passed; returns their pending wills.
+    pub(crate) fn sweep(&self) -> Vec<Will> {
+        let now = self.clock.now_ms();
+        let mut wills = Vec::new();
+        let mut map = self.sessions.lock();
+        let cells: Vec<Arc<SessionCell>> = map.values().cloned().collect();
+        for cell in cells {
+            let mut s = cell.lock();
+            let Some(at) = s.disconnected_at_ms else {
+                continue;
+            };
+            if s.conn.is_some() || s.expiry == u32::MAX {
+                continue;
+            }
+            if at + u64::from(s.expiry) * 1000 > now {
+                continue;
+            }
+            tracing::debug!(client_id = %s.client_id, "session expired");
+            wills.extend(s.pending_will.take().map(|(_, w)| w));
+            if s.stored {
+                self.store.write_detached(vec![WriteOp::DeleteSession {
+                    client_id: s.client_id.to_string(),
+                }]);
+            }
+            self.end_locked(&mut map, &cell, &mut s);
+        }
+        wills
+    }
+
+    /// Restores persistent sessions and retained messages from the store.
+    pub(crate) fn restore(&self) -> Result<(), thingd_store::StoreError> {
+        let now = self.clock.now_ms();
+        let mut detached = Vec::new();
+        for rec in self.store.sessions()? {
+            let version = match rec.protocol_level {
+                4 => ProtocolVersion::V311,
+                5 => ProtocolVersion::V5,
+                _ => continue,
+            };
+            let Some(state) = persist::decode_state(&rec.state) else {
+                tracing::warn!(client_id = %rec.client_id, "corrupt session record, dropping it");
+                detached.push(WriteOp::DeleteSession {
+                    client_id: rec.client_id,
+                });
+                continue;
+            };
+            // A session still marked connected was cut off by a crash: it ended now.
+            let at = rec
+                .disconnected_at
+                .map(|s| (s.max(0) as u64) * 1000)
+                .unwrap_or(now);
+            if rec.expiry_interval != u32::MAX && at + u64::from(rec.expiry_interval) * 1000 <= now
+            {
+                detached.push(WriteOp::DeleteSession {
+                    client_id: rec.client_id,
+                });
+                continue;
+            }
+            let client_id: Arc<str> = Arc::from(rec.client_id.as_str());
+            let mut s = Session::new(client_id.clone(), version, rec.expiry_interval);
+            s.stored = true;
+            s.disconnected_at_ms = Some(at);
+            s.inbound_qos2 = state.inbound_qos2.into_iter().collect();
+            for (seq, blob) in self.store.messages(&rec.client_id)? {
+                s.next_seq = s.next_seq.max(seq + 1);
+                match persist::decode_delivery(&blob) {
+                    Some(mut d) if !d.msg.is_expired(now) => {
+                        d.seq = Some(seq);
+                        s.queue.push_back(d);
+                        metrics::queued(1);
+                    }
+                    _ => detached.push(WriteOp::DeleteMessage {
+                        client_id: rec.client_id.clone(),
+                        seq,
+                    }),
+                }
+            }
+            if rec.disconnected_at.is_none() {
+                detached.push(WriteOp::PutSession(session_record(
+                    &s,
+                    Some((at / 1000) as i64),
+                )));
+            }
+            let cell = Arc::new(Mutex::new(s));
+            {
+                let mut s = cell.lock();
+                let mut index = self.index.write();
+                for (filter, sub) in state.subs {
+                    let (group, inner) = split_filter(&filter);
+                    index.insert(
+                        inner,
+                        SubKey {
+                            client: client_id.clone(),
+                            group,
+                        },
+                        SubVal {
+                            cell: cell.clone(),
+                            opts: sub.opts,
+                            id: sub.id,
+                        },
+                    );
+                    s.subs.insert(filter, sub);
+                }
+            }
+            self.sessions.lock().insert(client_id, cell);
+        }
+        for (topic, blob) in self.store.retained()? {
+            match persist::decode_delivery(&blob) {
+                Some(d) if !d.msg.is_expired(now) => self.retained.restore(d.msg),
+                _ => detached.push(WriteOp::DeleteRetained { topic }),
+            }
+        }
+        metrics::sessions(self.sessions.lock().len());
+        if !detached.is_empty() {
+            self.store.write_detached(detached);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,713 @@
+//! The per-connection task: a read buffer and a decode loop, the bounded outbound queue of
+//! encoded frames filled by the fan-out, batched writes (everything queued per wakeup, then
+//! one flush), keep-alive, and the handlers of every packet after CONNECT.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use thingd_mqtt::{
+    ByteStr, Disconnect, Packet, Properties, ProtocolVersion, PubResp, PubRespKind, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::alias::{AliasError, InAliases};
+use crate::broker::{Shared, SubKey, SubVal, session_record, split_filter};
+use crate::connect::{handshake, packet_name};
+use crate::message::{AppMsg, Delivery, encode_frame, expiry_from, forwardable};
+use crate::session::{Control, SessionCell, SubRecord, pubrel};
+use crate::{ConnectionInfo, ConnectionPolicy, metrics, reserved};
+
+/// Most bytes gathered from the outbound queue before one write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// An acknowledgement waiting, in order, for its message to be durable.
+pub(crate) struct PendingAck {
+    resp: PubResp,
+    wait: Option<oneshot::Receiver<bool>>,
+    ok: bool,
+}
+
+/// How a connection ends.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT from the client: no will.
+    Normal,
+    /// DISCONNECT 0x04 from the client, socket loss, or EOF: the will is published.
+    WithWill,
+    /// A protocol violation or limit: v5 DISCONNECT with the reason, then close; will published.
+    Violation(ReasonCode, &'static str),
+    /// Closed by the server (administrative action, shutdown); will published.
+    Server(ReasonCode),
+    /// Another connection took the session; it already dealt with the will.
+    TakenOver,
+}
+
+/// The state of one accepted connection.
+pub(crate) struct Conn {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) cell: Arc<SessionCell>,
+    pub(crate) client_id: Arc<str>,
+    pub(crate) conn_id: u64,
+    pub(crate) version: ProtocolVersion,
+    pub(crate) policy: Arc<dyn ConnectionPolicy>,
+    /// None: no keep-alive (internal clients).
+    pub(crate) keep_alive: Option<u16>,
+    pub(crate) problem_info: bool,
+    pub(crate) in_aliases: InAliases,
+    pub(crate) acks: VecDeque<PendingAck>,
+    pub(crate) wbuf: BytesMut,
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Frame(Option<Bytes>),
+    Ctrl(Option<Control>),
+    AckReady(bool),
+    KeepAlive,
+}
+
+/// Serves one connection from CONNECT to close.
+pub(crate) async fn serve<S>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    info: ConnectionInfo,
+    internal: Option<Arc<dyn ConnectionPolicy>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if shared.shutdown.is_cancelled() {
+        return;
+    }
+    crate::will::start_sweeper(&shared);
+    let _live = shared.live_guard();
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let Some(acc) = handshake(&shared, &mut stream, &mut rbuf, &info, internal).await else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        return;
+    };
+    let crate::connect::Accepted {
+        mut conn,
+        mut rx,
+        mut ctrl_rx,
+    } = acc;
+    let max_packet = shared.config.max_packet_size;
+    let ka = conn
+        .keep_alive
+        .filter(|k| *k > 0)
+        .map(|k| Duration::from_millis(u64::from(k) * 1500));
+    // Writes that take longer than this mean the client stopped reading.
+    let write_timeout = ka
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(10));
+    let mut deadline = ka.map(|d| Instant::now() + d);
+    let read_limit = match conn.version {
+        ProtocolVersion::V311 => usize::from(shared.config.receive_maximum.max(1)),
+        ProtocolVersion::V5 => usize::MAX,
+    };
+
+    let end = 'main: loop {
+        if let Err(e) = conn.flush_acks() {
+            break e;
+        }
+        if !conn.wbuf.is_empty() {
+            let n = conn.wbuf.len();
+            let res = tokio::time::timeout(write_timeout, async {
+                stream.write_all(&conn.wbuf).await?;
+                stream.flush().await
+            })
+            .await;
+            conn.wbuf.clear();
+            match res {
+                Ok(Ok(())) => metrics::bytes_out(n),
+                _ => break End::WithWill,
+            }
+        }
+        let can_read = conn.acks.len() < read_limit;
+        let ack_wait = async {
+            match conn.acks.front_mut().and_then(|a| a.wait.as_mut()) {
+                Some(rx) => rx.await.unwrap_or(false),
+                None => std::future::pending().await,
+            }
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        // Unbiased: a client that keeps sending must not starve its own deliveries.
+        let ev = tokio::select! {
+            c = ctrl_rx.recv() => Event::Ctrl(c),
+            // 3.1.1 has no Receive Maximum: stop reading while too many acknowledgements
+            // wait for the store (AWS: no new publishes until PUBACKs are sent).
+            r = stream.read_buf(&mut rbuf), if can_read => Event::Read(r),
+            ok = ack_wait => Event::AckReady(ok),
+            f = rx.recv() => Event::Frame(f),
+            _ = sleep => Event::KeepAlive,
+        };
+        match ev {
+            Event::Ctrl(Some(Control::Close(ReasonCode::SessionTakenOver))) | Event::Ctrl(None) => {
+                break End::TakenOver;
+            }
+            Event::Ctrl(Some(Control::Close(rc))) => break End::Server(rc),
+            Event::Read(Ok(0)) | Event::Read(Err(_)) => break End::WithWill,
+            Event::Read(Ok(n)) => {
+                metrics::bytes_in(n);
+                deadline = ka.map(|d| Instant::now() + d);
+                loop {
+                    match thingd_mqtt::decode(&mut rbuf, conn.version, max_packet) {
+                        Ok(Some(p)) => {
+                            if let Err(e) = conn.handle(p) {
+                                break 'main e;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            break 'main End::Violation(
+                                e.reason_code(),
+                                "malformed or oversized packet",
+                            );
+                        }
+                    }
+                }
+            }
+            Event::AckReady(ok) => {
+                if let Some(front) = conn.acks.front_mut() {
+                    front.wait = None;
+                    front.ok = ok;
+                }
+            }
+            Event::Frame(None) => break End::TakenOver,
+            Event::Frame(Some(f)) => {
+                conn.wbuf.extend_from_slice(&f);
+                while conn.wbuf.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(f) => conn.wbuf.extend_from_slice(&f),
+                        Err(_) => break,
+                    }
+                }
+                conn.pump();
+            }
+            Event::KeepAlive => {
+                break End::Violation(ReasonCode::KeepAliveTimeout, "keep alive timeout");
+            }
+        }
+    };
+    conn.finish(&mut stream, end).await;
+}
+
+impl Conn {
+    fn v5(&self) -> bool {
+        self.version == ProtocolVersion::V5
+    }
+
+    fn write(&mut self, p: &Packet) {
+        if let Some(f) = encode_frame(p, self.version) {
+            self.wbuf.extend_from_slice(&f);
+        }
+    }
+
+    fn reason_string(&self, text: &'static str) -> Option<ByteStr> {
+        (self.v5() && self.problem_info).then(|| ByteStr::from(text))
+    }
+
+    /// Moves queued messages to the outbound queue when there is room.
+    fn pump(&mut self) {
+        let mut fx = self.shared.effects();
+        {
+            let mut s = self.cell.lock();
+            if !s.is_current(self.conn_id) || s.queue.is_empty() {
+                return;
+            }
+            s.pump(&mut fx);
+        }
+        drop(self.shared.commit(fx));
+    }
+
+    /// Writes the acknowledgements at the front of the queue whose messages are durable.
+    fn flush_acks(&mut self) -> Result<(), End> {
+        while let Some(front) = self.acks.front_mut() {
+            if let Some(rx) = &mut front.wait {
+                match rx.try_recv() {
+                    Ok(v) => front.ok = v,
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => front.ok = false,
+                }
+                front.wait = None;
+            }
+            let Some(mut a) = self.acks.pop_front() else {
+                break;
+            };
+            if !a.ok {
+                if !self.v5() {
+                    return Err(End::Violation(
+                        ReasonCode::UnspecifiedError,
+                        "store write failed",
+                    ));
+                }
+                a.resp.reason = ReasonCode::UnspecifiedError;
+                a.resp.properties.reason_string = self.reason_string("message could not be stored");
+            }
+            self.write(&Packet::PubResp(a.resp));
+        }
+        Ok(())
+    }
+
+    fn push_ack(
+        &mut self,
+        kind: PubRespKind,
+        pid: u16,
+        reason: ReasonCode,
+        wait: Option<oneshot::Receiver<bool>>,
+    ) {
+        let mut properties = Properties::default();
+        if reason.is_error() {
+            properties.reason_string = self.reason_string("not authorized");
+        }
+        self.acks.push_back(PendingAck {
+            resp: PubResp {
+                kind,
+                packet_id: pid,
+                reason,
+                properties,
+            },
+            wait,
+            ok: true,
+        });
+    }
+
+    fn handle(&mut self, p: Packet) -> Result<(), End> {
+        match p {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubResp(r) => self.on_pubresp(r),
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                self.write(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => Err(End::Violation(ReasonCode::ProtocolError, "second CONNECT")),
+            other => {
+                tracing::debug!(client_id = %self.client_id, packet = packet_name(&other), "unexpected packet");
+                Err(End::Violation(
+                    ReasonCode::ProtocolError,
+                    "unexpected packet",
+                ))
+            }
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+        let cfg = &self.shared.config;
+        let topic = if self.v5() {
+            match self.in_aliases.resolve(p.topic, p.properties.topic_alias) {
+                Ok(t) => t,
+                Err(AliasError::Invalid) => {
+                    return Err(End::Violation(
+                        ReasonCode::TopicAliasInvalid,
+                        "topic alias invalid",
+                    ));
+                }
+                Err(AliasError::Unknown) => {
+                    return Err(End::Violation(
+                        ReasonCode::ProtocolError,
+                        "unknown topic alias",
+                    ));
+                }
+            }
+        } else {
+            p.topic
+        };
+        if let Err(why) = reserved::check_publish_topic(&topic, &cfg.topic_limits()) {
+            return Err(End::Violation(ReasonCode::TopicNameInvalid, why));
+        }
+        if p.payload.len() > cfg.max_payload {
+            return Err(End::Violation(
+                ReasonCode::PacketTooLarge,
+                "payload too large",
+            ));
+        }
+        if p.qos > cfg.max_qos() {
+            return Err(End::Violation(
+                ReasonCode::QoSNotSupported,
+                "QoS not supported",
+            ));
+        }
+        let pid = p.packet_id.unwrap_or(0);
+        if p.qos != QoS::AtMostOnce && self.v5() {
+            let waiting = self.acks.iter().filter(|a| a.wait.is_some()).count();
+            let qos2 = self.cell.lock().inbound_qos2.len();
+            let duplicate =
+                p.qos == QoS::ExactlyOnce && self.cell.lock().inbound_qos2.contains(&pid);
+            if !duplicate && waiting + qos2 >= usize::from(cfg.receive_maximum.max(1)) {
+                return Err(End::Violation(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "receive maximum exceeded",
+                ));
+            }
+        }
+        let allowed = self.policy.can_publish(&topic, p.retain)
+            && (!p.retain || reserved::retain_allowed(&topic));
+        if !allowed {
+            tracing::debug!(client_id = %self.client_id, %topic, "publish not authorized");
+            return match (self.v5(), p.qos) {
+                (false, _) | (true, QoS::AtMostOnce) => Err(End::Violation(
+                    ReasonCode::NotAuthorized,
+                    "publish not authorized",
+                )),
+                (true, QoS::AtLeastOnce) => {
+                    self.push_ack(PubRespKind::PubAck, pid, ReasonCode::NotAuthorized, None);
+                    Ok(())
+                }
+                (true, QoS::ExactlyOnce) => {
+                    self.push_ack(PubRespKind::PubRec, pid, ReasonCode::NotAuthorized, None);
+                    Ok(())
+                }
+            };
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let mut s = self.cell.lock();
+            if !s.inbound_qos2.insert(pid) {
+                drop(s);
+                // Already delivered; the PUBLISH is a retransmission.
+                self.push_ack(PubRespKind::PubRec, pid, ReasonCode::Success, None);
+                return Ok(());
+            }
+        }
+        let now = self.shared.clock.now_ms();
+        let expiry = p.properties.message_expiry_interval.map(|s| s.max(1));
+        let msg = Arc::new(AppMsg {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props: forwardable(&p.properties),
+            expires_at: expiry_from(expiry, cfg.max_message_expiry, now),
+            origin: Some(self.client_id.clone()),
+        });
+        metrics::message_in(p.qos);
+        let mut fx = self.shared.effects();
+        if msg.retain {
+            let op = self.shared.retained.set(&msg);
+            if msg.qos == QoS::AtMostOnce {
+                fx.detached.push(op);
+            } else {
+                fx.durable.push(op);
+            }
+        }
+        self.shared.route(&msg, &mut fx);
+        let wait = self.shared.commit(fx);
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.push_ack(PubRespKind::PubAck, pid, ReasonCode::Success, Some(wait))
+            }
+            QoS::ExactlyOnce => {
+                self.push_ack(PubRespKind::PubRec, pid, ReasonCode::Success, Some(wait))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_pubresp(&mut self, r: PubResp) -> Result<(), End> {
+        let mut fx = self.shared.effects();
+        match r.kind {
+            PubRespKind::PubAck | PubRespKind::PubComp => {
+                let mut s = self.cell.lock();
+                if !s.is_current(self.conn_id) {
+                    return Err(End::TakenOver);
+                }
+                s.complete(r.packet_id, r.kind, &mut fx);
+            }
+            PubRespKind::PubRec => {
+                let send = {
+                    let mut s = self.cell.lock();
+                    if !s.is_current(self.conn_id) {
+                        return Err(End::TakenOver);
+                    }
+                    s.received(r.packet_id, r.reason.is_error(), &mut fx)
+                };
+                if send {
+                    self.write(&pubrel(r.packet_id));
+                } else if !r.reason.is_error() {
+                    // Unknown id: answer with PUBREL "not found" so the client can clean up.
+                    let mut rel = PubResp {
+                        kind: PubRespKind::PubRel,
+                        packet_id: r.packet_id,
+                        reason: ReasonCode::PacketIdentifierNotFound,
+                        properties: Properties::default(),
+                    };
+                    if !self.v5() {
+                        rel.reason = ReasonCode::Success;
+                    }
+                    self.write(&Packet::PubResp(rel));
+                }
+            }
+            PubRespKind::PubRel => {
+                let known = self.cell.lock().inbound_qos2.remove(&r.packet_id);
+                let reason = if known || !self.v5() {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.write(&Packet::PubResp(PubResp {
+                    kind: PubRespKind::PubComp,
+                    packet_id: r.packet_id,
+                    reason,
+                    properties: Properties::default(),
+                }));
+            }
+        }
+        drop(self.shared.commit(fx));
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, sub: Subscribe) -> Result<(), End> {
+        let cfg = &self.shared.config;
+        let v5 = self.v5();
+        if sub.filters.len() > cfg.max_filters_per_subscribe {
+            if !v5 {
+                return Err(End::Violation(
+                    ReasonCode::QuotaExceeded,
+                    "too many filters in SUBSCRIBE",
+                ));
+            }
+            let properties = Properties {
+                reason_string: self.reason_string("too many filters in one SUBSCRIBE"),
+                ..Properties::default()
+            };
+            self.write(&Packet::SubAck(SubAck {
+                packet_id: sub.packet_id,
+                reasons: vec![ReasonCode::QuotaExceeded; sub.filters.len()],
+                properties,
+            }));
+            return Ok(());
+        }
+        let sub_id = sub.properties.subscription_identifiers.first().copied();
+        let limits = cfg.topic_limits();
+        let max_qos = cfg.max_qos();
+        let mut reasons = Vec::with_capacity(sub.filters.len());
+        let mut retained_for: Vec<(String, SubRecord)> = Vec::new();
+        let mut fx = self.shared.effects();
+        {
+            let mut s = self.cell.lock();
+            if !s.is_current(self.conn_id) {
+                return Err(End::TakenOver);
+            }
+            let mut changed = false;
+            for (filter, opts) in &sub.filters {
+                if thingd_topic::validate_topic_filter(filter, &limits).is_err() {
+                    tracing::debug!(client_id = %self.client_id, %filter, "invalid topic filter");
+                    reasons.push(if v5 {
+                        ReasonCode::TopicFilterInvalid
+                    } else {
+                        ReasonCode::UnspecifiedError
+                    });
+                    continue;
+                }
+                if !self.policy.can_subscribe(filter) {
+                    tracing::debug!(client_id = %self.client_id, %filter, "subscribe not authorized");
+                    if !v5 {
+                        return Err(End::Violation(
+                            ReasonCode::NotAuthorized,
+                            "subscribe not authorized",
+                        ));
+                    }
+                    reasons.push(ReasonCode::NotAuthorized);
+                    continue;
+                }
+                let (group, inner) = split_filter(filter);
+                if group.is_some() && opts.no_local && v5 {
+                    return Err(End::Violation(
+                        ReasonCode::ProtocolError,
+                        "No Local on a shared subscription",
+                    ));
+                }
+                let existed = s.subs.contains_key(filter.as_str());
+                if !existed && s.subs.len() >= cfg.max_subscriptions {
+                    reasons.push(if v5 {
+                        ReasonCode::QuotaExceeded
+                    } else {
+                        ReasonCode::UnspecifiedError
+                    });
+                    continue;
+                }
+                let granted = opts.qos.min(max_qos);
+                let rec = SubRecord {
+                    opts: SubscriptionOptions {
+                        qos: granted,
+                        ..*opts
+                    },
+                    id: sub_id,
+                };
+                s.subs.insert(filter.to_string(), rec);
+                self.shared.index.write().insert(
+                    inner,
+                    SubKey {
+                        client: self.client_id.clone(),
+                        group: group.clone(),
+                    },
+                    SubVal {
+                        cell: self.cell.clone(),
+                        opts: rec.opts,
+                        id: sub_id,
+                    },
+                );
+                changed = true;
+                reasons.push(match granted {
+                    QoS::AtMostOnce => ReasonCode::GRANTED_QOS0,
+                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                });
+                // Retained messages on subscribe follow MQTT: wildcard filters match too (AWS
+                // only serves exact filters), never for shared subscriptions.
+                let send_retained = group.is_none()
+                    && match opts.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
+                if send_retained {
+                    retained_for.push((inner.to_owned(), rec));
+                }
+            }
+            if changed && s.persistent() {
+                s.stored = true;
+                fx.detached
+                    .push(thingd_store::WriteOp::PutSession(session_record(&s, None)));
+            }
+        }
+        self.write(&Packet::SubAck(SubAck {
+            packet_id: sub.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        for (filter, rec) in retained_for {
+            let msgs = self
+                .shared
+                .retained
+                .matching(&filter, fx.now_ms, &mut fx.detached);
+            let mut s = self.cell.lock();
+            for msg in msgs {
+                let d = Delivery {
+                    qos: msg.qos.min(rec.opts.qos),
+                    retain: true,
+                    sub_ids: rec.id.into_iter().collect(),
+                    seq: None,
+                    msg,
+                };
+                s.offer(d, &mut fx);
+            }
+        }
+        // Nobody waits for these writes: the subscriber's own messages.
+        fx.detached.append(&mut fx.durable);
+        drop(self.shared.commit(fx));
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), End> {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut fx = self.shared.effects();
+        {
+            let mut s = self.cell.lock();
+            if !s.is_current(self.conn_id) {
+                return Err(End::TakenOver);
+            }
+            let mut changed = false;
+            for filter in &u.filters {
+                if s.subs.remove(filter.as_str()).is_some() {
+                    let (group, inner) = split_filter(filter);
+                    self.shared.index.write().remove(
+                        inner,
+                        &SubKey {
+                            client: self.client_id.clone(),
+                            group,
+                        },
+                    );
+                    changed = true;
+                    reasons.push(ReasonCode::Success);
+                } else {
+                    reasons.push(ReasonCode::NoSubscriptionExisted);
+                }
+            }
+            if changed && s.persistent() {
+                fx.detached
+                    .push(thingd_store::WriteOp::PutSession(session_record(&s, None)));
+            }
+        }
+        self.write(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        drop(self.shared.commit(fx));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), End> {
+        if self.v5()
+            && let Some(sei) = d.properties.session_expiry_interval
+        {
+            let mut s = self.cell.lock();
+            if s.expiry == 0 && sei > 0 {
+                return Err(End::Violation(
+                    ReasonCode::ProtocolError,
+                    "session expiry cannot be raised from 0 at DISCONNECT",
+                ));
+            }
+            s.expiry = self.shared.config.effective_session_expiry(sei);
+        }
+        if d.reason == ReasonCode::DisconnectWithWill {
+            Err(End::WithWill)
+        } else {
+            Err(End::Normal)
+        }
+    }
+
+    /// Closes the connection and hands the session back.
+    async fn finish<S: AsyncWrite + Unpin>(mut self, stream: &mut S, end: End) {
+        let reason = match &end {
+            End::Violation(rc, why) => {
+                tracing::debug!(client_id = %self.client_id, reason = why, code = ?rc, "protocol violation, closing");
+                Some((*rc, Some(*why)))
+            }
+            End::Server(rc) => Some((*rc, None)),
+            End::TakenOver => Some((ReasonCode::SessionTakenOver, None)),
+            End::Normal | End::WithWill => None,
+        };
+        // Acks already decided go out first (best effort).
+        let _ = self.flush_acks();
+        if self.v5()
+            && let Some((rc, why)) = reason
+        {
+            let mut properties = Properties::default();
+            if let Some(w) = why {
+                properties.reason_string = self.reason_string(w);
+            }
+            self.write(&Packet::Disconnect(Disconnect {
+                reason: rc,
+                properties,
+            }));
+        }
+        if !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let _ = stream.write_all(&self.wbuf).await;
+                let _ = stream.flush().await;
+            })
+            .await;
+            metrics::bytes_out(self.wbuf.len());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        let with_will = !matches!(end, End::Normal | End::TakenOver);
+        let wills = self.shared.detach(&self.cell, self.conn_id, with_will);
+        self.shared.publish_wills(wills);
+        metrics::connection_closed();
+        tracing::info!(client_id = %self.client_id, reason = ?end, "client disconnected");
+    }
+}

@@ -1,0 +1,160 @@
+//! Application messages as the broker routes them, the per-receiver `Delivery`, the clock
+//! used for expiry, and building/encoding outbound packets.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use thingd_mqtt::{ByteStr, Packet, Properties, ProtocolVersion, Publish, QoS};
+
+/// Wall-clock milliseconds derived from tokio's clock, so that `tokio::time::pause()` in
+/// tests also moves message and session expiry.
+#[derive(Clone, Debug)]
+pub(crate) struct Clock {
+    base_unix_ms: u64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Clock {
+        let base_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Clock {
+            base_unix_ms,
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Unix time in milliseconds.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.base_unix_ms + self.base.elapsed().as_millis() as u64
+    }
+
+    /// Unix time in seconds.
+    pub(crate) fn now_secs(&self) -> i64 {
+        (self.now_ms() / 1000) as i64
+    }
+}
+
+/// One application message, shared by every receiver.
+#[derive(Debug, Clone)]
+pub(crate) struct AppMsg {
+    pub(crate) topic: ByteStr,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    /// Only the properties forwarded to receivers (see `forwardable`).
+    pub(crate) props: Properties,
+    /// Absolute expiry, Unix milliseconds.
+    pub(crate) expires_at: Option<u64>,
+    /// The publishing client id, for No Local.
+    pub(crate) origin: Option<Arc<str>>,
+}
+
+impl AppMsg {
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now_ms)
+    }
+
+    /// Remaining expiry in whole seconds (rounded up), if the message has one.
+    pub(crate) fn remaining_expiry(&self, now_ms: u64) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let ms = t.saturating_sub(now_ms);
+            ms.div_ceil(1000).min(u32::MAX as u64) as u32
+        })
+    }
+}
+
+/// The properties a receiver gets from the publisher, in order: Payload Format Indicator,
+/// Content Type, Response Topic, Correlation Data, User Properties.
+pub(crate) fn forwardable(p: &Properties) -> Properties {
+    Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        ..Properties::default()
+    }
+}
+
+/// The absolute expiry for a Message Expiry Interval, clamped to `max_secs`.
+pub(crate) fn expiry_from(interval: Option<u32>, max_secs: u32, now_ms: u64) -> Option<u64> {
+    interval.map(|s| now_ms + u64::from(s.min(max_secs)) * 1000)
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) msg: Arc<AppMsg>,
+    /// min(publish QoS, subscription QoS).
+    pub(crate) qos: QoS,
+    /// The RETAIN flag to send.
+    pub(crate) retain: bool,
+    /// Subscription identifiers of the matching subscriptions.
+    pub(crate) sub_ids: Vec<u32>,
+    /// Position in the store when the session is persistent and QoS > 0.
+    pub(crate) seq: Option<u64>,
+}
+
+/// Builds the PUBLISH for `d` (topic alias handling is done by the caller).
+pub(crate) fn publish_packet(
+    d: &Delivery,
+    packet_id: Option<u16>,
+    dup: bool,
+    now_ms: u64,
+) -> Publish {
+    let mut props = d.msg.props.clone();
+    props.message_expiry_interval = d.msg.remaining_expiry(now_ms);
+    props.subscription_identifiers = d.sub_ids.clone();
+    Publish {
+        dup: dup && d.qos != QoS::AtMostOnce,
+        qos: d.qos,
+        retain: d.retain,
+        topic: d.msg.topic.clone(),
+        packet_id: if d.qos == QoS::AtMostOnce {
+            None
+        } else {
+            packet_id
+        },
+        properties: props,
+        payload: d.msg.payload.clone(),
+    }
+}
+
+/// Encodes one packet into its own `Bytes`; `None` (logged) if the codec refuses it.
+pub(crate) fn encode_frame(packet: &Packet, version: ProtocolVersion) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    match thingd_mqtt::encode(packet, version, &mut buf) {
+        Ok(()) => Some(buf.freeze()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode packet");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaining_expiry_rounds_up() {
+        let m = AppMsg {
+            topic: ByteStr::from("a"),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            props: Properties::default(),
+            expires_at: Some(10_500),
+            origin: None,
+        };
+        assert_eq!(m.remaining_expiry(10_000), Some(1));
+        assert_eq!(m.remaining_expiry(9_000), Some(2));
+        assert!(!m.is_expired(10_499));
+        assert!(m.is_expired(10_500));
+        assert_eq!(expiry_from(Some(10), 5, 1000), Some(6000));
+        assert_eq!(expiry_from(None, 5, 1000), None);
+    }
+}

@@ -1,0 +1,267 @@
+//! Blob encodings for the store: queued/retained messages and session state.
+//!
+//! Message blob: `[1: format = 1][8: absolute expiry, Unix ms, big-endian, 0 = none]` followed
+//! by the message as an MQTT 5 PUBLISH (encoded by the codec, packet id 1 when QoS > 0, no
+//! Message Expiry property: the header holds the absolute time). For a queued message the
+//! PUBLISH carries the delivery QoS, RETAIN flag and subscription identifiers of that session.
+//!
+//! Session state blob: `[1: format = 1][2: n]` then n subscriptions
+//! `[2: len][filter][1: options byte as on the wire][4: subscription id, 0 = none]`, then
+//! `[2: m]` and m inbound QoS 2 packet ids awaiting PUBREL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, BytesMut};
+use thingd_mqtt::{Packet, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
+
+use crate::message::{AppMsg, Delivery, encode_frame, publish_packet};
+use crate::session::SubRecord;
+
+const FORMAT: u8 = 1;
+
+/// Encodes a delivery (as it will be sent to its session) for `PushMessage`.
+pub(crate) fn encode_delivery(d: &Delivery) -> Vec<u8> {
+    let mut p = publish_packet(d, Some(1), false, 0);
+    p.properties.message_expiry_interval = None;
+    encode_with_header(&Packet::Publish(p), d.msg.expires_at)
+}
+
+/// Encodes a retained message for `PutRetained`.
+pub(crate) fn encode_message(m: &Arc<AppMsg>) -> Vec<u8> {
+    let d = Delivery {
+        msg: m.clone(),
+        qos: m.qos,
+        retain: m.retain,
+        sub_ids: Vec::new(),
+        seq: None,
+    };
+    encode_delivery(&d)
+}
+
+fn encode_with_header(p: &Packet, expires_at: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(FORMAT);
+    out.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+    if let Some(frame) = encode_frame(p, ProtocolVersion::V5) {
+        out.extend_from_slice(&frame);
+    }
+    out
+}
+
+/// Decodes a blob written by `encode_delivery`/`encode_message`.
+pub(crate) fn decode_delivery(blob: &[u8]) -> Option<Delivery> {
+    if blob.len() < 9 || blob[0] != FORMAT {
+        return None;
+    }
+    let mut exp = [0u8; 8];
+    exp.copy_from_slice(&blob[1..9]);
+    let exp = u64::from_be_bytes(exp);
+    let mut buf = BytesMut::from(&blob[9..]);
+    let p = match thingd_mqtt::decode(&mut buf, ProtocolVersion::V5, usize::MAX) {
+        Ok(Some(Packet::Publish(p))) => p,
+        _ => return None,
+    };
+    let mut props = p.properties;
+    let sub_ids = std::mem::take(&mut props.subscription_identifiers);
+    props.message_expiry_interval = None;
+    props.topic_alias = None;
+    let msg = AppMsg {
+        topic: p.topic,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        props,
+        expires_at: (exp != 0).then_some(exp),
+        origin: None,
+    };
+    Some(Delivery {
+        msg: Arc::new(msg),
+        qos: p.qos,
+        retain: p.retain,
+        sub_ids,
+        seq: None,
+    })
+}
+
+/// The persisted part of a session.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct SessionState {
+    pub(crate) subs: Vec<(String, SubRecord)>,
+    pub(crate) inbound_qos2: Vec<u16>,
+}
+
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    (o.qos as u8)
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | ((o.retain_handling as u8) << 4)
+}
+
+fn options_from(b: u8) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::from_u8(b & 3).unwrap_or(QoS::AtMostOnce),
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling: match (b >> 4) & 3 {
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => RetainHandling::SendAtSubscribe,
+        },
+    }
+}
+
+/// Encodes session state.
+pub(crate) fn encode_state(subs: &HashMap<String, SubRecord>, inbound_qos2: &[u16]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_u8(FORMAT);
+    let mut list: Vec<_> = subs.iter().collect();
+    list.sort_by(|a, b| a.0.cmp(b.0));
+    out.put_u16(list.len().min(u16::MAX as usize) as u16);
+    for (filter, rec) in list.into_iter().take(u16::MAX as usize) {
+        let f = filter.as_bytes();
+        let f = &f[..f.len().min(u16::MAX as usize)];
+        out.put_u16(f.len() as u16);
+        out.put_slice(f);
+        out.put_u8(options_byte(&rec.opts));
+        out.put_u32(rec.id.unwrap_or(0));
+    }
+    out.put_u16(inbound_qos2.len().min(u16::MAX as usize) as u16);
+    for id in inbound_qos2.iter().take(u16::MAX as usize) {
+        out.put_u16(*id);
+    }
+    out.to_vec()
+}
+
+/// Decodes session state; `None` if the blob is corrupt.
+pub(crate) fn decode_state(mut b: &[u8]) -> Option<SessionState> {
+    if b.remaining() < 3 || b.get_u8() != FORMAT {
+        return None;
+    }
+    let n = b.get_u16();
+    let mut st = SessionState::default();
+    for _ in 0..n {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let len = b.get_u16() as usize;
+        if b.remaining() < len + 5 {
+            return None;
+        }
+        let filter = std::str::from_utf8(&b[..len]).ok()?.to_owned();
+        b.advance(len);
+        let opts = options_from(b.get_u8());
+        let id = b.get_u32();
+        st.subs.push((
+            filter,
+            SubRecord {
+                opts,
+                id: (id != 0).then_some(id),
+            },
+        ));
+    }
+    if b.remaining() < 2 {
+        return None;
+    }
+    let m = b.get_u16();
+    for _ in 0..m {
+        if b.remaining() < 2 {
+            return None;
+        }
+        st.inbound_qos2.push(b.get_u16());
+    }
+    Some(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trip() {
+        let mut subs = HashMap::new();
+        subs.insert(
+            "a/+/c".to_owned(),
+            SubRecord {
+                opts: SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainHandling::DoNotSend,
+                },
+                id: Some(42),
+            },
+        );
+        subs.insert(
+            "$share/g/x/#".to_owned(),
+            SubRecord {
+                opts: SubscriptionOptions::default(),
+                id: None,
+            },
+        );
+        let blob = encode_state(&subs, &[7, 9]);
+        let st = decode_state(&blob).expect("decodes");
+        assert_eq!(st.inbound_qos2, vec![7, 9]);
+        let back: HashMap<_, _> = st.subs.into_iter().collect();
+        assert_eq!(back, subs);
+    }
+
+    #[test]
+    fn corrupt_state_is_rejected() {
+        assert!(decode_state(&[]).is_none());
+        assert!(decode_state(&[1, 0, 1, 0, 200]).is_none());
+        assert!(decode_state(&[9, 0, 0, 0, 0]).is_none());
+        assert!(decode_delivery(&[1, 2, 3]).is_none());
+    }
+}
+
+#[cfg(test)]
+mod blob_tests {
+    use super::*;
+    use bytes::Bytes;
+    use thingd_mqtt::{ByteStr, Properties};
+
+    #[test]
+    fn message_blob_round_trip() {
+        let msg = Arc::new(AppMsg {
+            topic: ByteStr::from("a/b"),
+            payload: Bytes::from_static(b"payload"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            props: Properties {
+                content_type: Some(ByteStr::from("json")),
+                user_properties: vec![(ByteStr::from("k"), ByteStr::from("v"))],
+                ..Properties::default()
+            },
+            expires_at: Some(1_700_000_000_123),
+            origin: None,
+        });
+        let d = Delivery {
+            msg: msg.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: vec![3, 9],
+            seq: Some(5),
+        };
+        let back = decode_delivery(&encode_delivery(&d)).expect("decodes");
+        assert_eq!(back.qos, QoS::AtLeastOnce);
+        assert!(!back.retain);
+        assert_eq!(back.sub_ids, vec![3, 9]);
+        assert_eq!(back.msg.topic, msg.topic);
+        assert_eq!(back.msg.payload, msg.payload);
+        assert_eq!(back.msg.props, msg.props);
+        assert_eq!(back.msg.expires_at, msg.expires_at);
+
+        let r = decode_delivery(&encode_message(&msg)).expect("decodes");
+        assert_eq!(r.msg.qos, QoS::ExactlyOnce);
+        assert!(r.msg.retain);
+        assert_eq!(r.msg.expires_at, msg.expires_at);
+
+        let mut m0 = (*msg).clone();
+        m0.qos = QoS::AtMostOnce;
+        m0.expires_at = None;
+        let r = decode_delivery(&encode_message(&Arc::new(m0))).expect("decodes");
+        assert_eq!(r.msg.expires_at, None);
+        assert_eq!(r.msg.qos, QoS::AtMostOnce);
+    }
+}

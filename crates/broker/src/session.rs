@@ -1,0 +1,591 @@
+//! Session state: subscriptions, outbound in-flight QoS 1/2 messages with their packet ids,
+//! inbound QoS 2 packet ids awaiting PUBREL, the pending (offline or over-limit) queue, and
+//! the link to the live connection if there is one.
+//!
+//! All of it sits behind one `parking_lot::Mutex` per session (`SessionCell`); nothing here
+//! awaits. Effects that need the store are collected in `Effects` and carried out by the
+//! caller after the lock is released.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use thingd_mqtt::{
+    ByteStr, Packet, Properties, ProtocolVersion, PubResp, PubRespKind, QoS, ReasonCode,
+    SubscriptionOptions,
+};
+use thingd_store::WriteOp;
+use tokio::sync::mpsc;
+
+use crate::ConnectionPolicy;
+use crate::alias::{AliasUse, OutAliases};
+use crate::message::{AppMsg, Delivery, encode_frame, publish_packet};
+use crate::metrics::{self, DropReason};
+use crate::persist;
+
+/// A session behind its lock.
+pub(crate) type SessionCell = parking_lot::Mutex<Session>;
+
+/// A subscription as the session keeps it (the filter is the map key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubRecord {
+    /// Options, with the QoS already reduced to the granted QoS.
+    pub(crate) opts: SubscriptionOptions,
+    /// Subscription Identifier (MQTT 5).
+    pub(crate) id: Option<u32>,
+}
+
+/// Orders sent to a connection task from elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Control {
+    /// Close the connection; v5 clients get DISCONNECT with this reason first. When the
+    /// reason is Session taken over, the new connection has already dealt with the session.
+    Close(ReasonCode),
+}
+
+/// The live connection of a session.
+pub(crate) struct Link {
+    pub(crate) conn_id: u64,
+    pub(crate) version: ProtocolVersion,
+    /// Encoded frames for the writer; bounded (`outbound_queue`).
+    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) ctrl: mpsc::UnboundedSender<Control>,
+    pub(crate) policy: Arc<dyn ConnectionPolicy>,
+    pub(crate) principal: Option<String>,
+    /// The client's Maximum Packet Size.
+    pub(crate) max_packet: usize,
+    /// min(client Receive Maximum, max_inflight_out).
+    pub(crate) inflight_limit: usize,
+    pub(crate) aliases: OutAliases,
+}
+
+/// A Will Message waiting for its connection to end (or for its delay).
+#[derive(Clone)]
+pub(crate) struct Will {
+    /// The message; `expires_at` is set when the connection closes (the expiry counts from
+    /// the disconnect), from `expiry_interval`.
+    pub(crate) msg: AppMsg,
+    pub(crate) expiry_interval: Option<u32>,
+    /// Will Delay Interval, seconds.
+    pub(crate) delay: u32,
+    /// The policy of the connection that set it (checked at publish time).
+    pub(crate) policy: Arc<dyn ConnectionPolicy>,
+}
+
+/// An outbound QoS 1/2 message sent and not yet acknowledged.
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    pub(crate) pid: u16,
+    pub(crate) delivery: Delivery,
+    /// QoS 2: PUBREC received and PUBREL sent.
+    pub(crate) released: bool,
+}
+
+/// (message address, receiver version, RETAIN flag).
+type Qos0Key = (usize, ProtocolVersion, bool);
+
+/// Side effects gathered while a session lock is held.
+pub(crate) struct Effects {
+    pub(crate) now_ms: u64,
+    pub(crate) max_queued: usize,
+    /// Writes the publisher must wait for before acknowledging.
+    pub(crate) durable: Vec<WriteOp>,
+    /// Writes nobody waits for.
+    pub(crate) detached: Vec<WriteOp>,
+    /// QoS 0 frames shared between receivers of one message:
+    /// (message address, version, retain) → frame. The entry holds the message so that its
+    /// address cannot be reused while the cache lives.
+    qos0_cache: HashMap<Qos0Key, (Arc<AppMsg>, Option<Bytes>)>,
+}
+
+impl Effects {
+    pub(crate) fn new(now_ms: u64, max_queued: usize) -> Self {
+        Effects {
+            now_ms,
+            max_queued,
+            durable: Vec::new(),
+            detached: Vec::new(),
+            qos0_cache: HashMap::new(),
+        }
+    }
+}
+
+/// One session.
+pub(crate) struct Session {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) version: ProtocolVersion,
+    /// Session Expiry Interval, seconds; 0 ends the session with its connection.
+    pub(crate) expiry: u32,
+    pub(crate) subs: HashMap<String, SubRecord>,
+    pub(crate) inflight: VecDeque<Inflight>,
+    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) inbound_qos2: HashSet<u16>,
+    next_pid: u16,
+    pub(crate) next_seq: u64,
+    pub(crate) conn: Option<Link>,
+    /// The live connection's Will.
+    pub(crate) will: Option<Will>,
+    /// A delayed Will of a closed connection: (generation, will).
+    pub(crate) pending_will: Option<(u64, Will)>,
+    pub(crate) disconnected_at_ms: Option<u64>,
+    /// Removed from the broker; late operations must do nothing.
+    pub(crate) ended: bool,
+    /// A row for this session exists in the store.
+    pub(crate) stored: bool,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: Arc<str>, version: ProtocolVersion, expiry: u32) -> Session {
+        Session {
+            client_id,
+            version,
+            expiry,
+            subs: HashMap::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            inbound_qos2: HashSet::new(),
+            next_pid: 1,
+            next_seq: 1,
+            conn: None,
+            will: None,
+            pending_will: None,
+            disconnected_at_ms: None,
+            ended: false,
+            stored: false,
+        }
+    }
+
+    pub(crate) fn persistent(&self) -> bool {
+        self.expiry > 0
+    }
+
+    /// True while `conn_id` is the session's live connection.
+    pub(crate) fn is_current(&self, conn_id: u64) -> bool {
+        !self.ended && self.conn.as_ref().is_some_and(|l| l.conn_id == conn_id)
+    }
+
+    /// The next free outbound packet id (skipping ids in flight); `None` if all are in use.
+    pub(crate) fn alloc_pid(&mut self) -> Option<u16> {
+        if self.inflight.len() >= u16::MAX as usize {
+            return None;
+        }
+        loop {
+            let id = self.next_pid;
+            self.next_pid = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.iter().any(|i| i.pid == id) {
+                return Some(id);
+            }
+        }
+    }
+
+    /// Appends to the pending queue; when it is full the oldest entry is dropped.
+    pub(crate) fn enqueue(&mut self, d: Delivery, fx: &mut Effects) {
+        while self.queue.len() >= fx.max_queued.max(1) {
+            let Some(old) = self.queue.pop_front() else {
+                break;
+            };
+            tracing::debug!(client_id = %self.client_id, topic = %old.msg.topic, "session queue full, dropping oldest message");
+            metrics::dropped(DropReason::QueueFull);
+            metrics::queued(-1);
+            self.forget(&old, fx);
+        }
+        metrics::queued(1);
+        self.queue.push_back(d);
+    }
+
+    /// Deletes a delivery's stored copy.
+    fn forget(&self, d: &Delivery, fx: &mut Effects) {
+        if let Some(seq) = d.seq {
+            fx.detached.push(WriteOp::DeleteMessage {
+                client_id: self.client_id.to_string(),
+                seq,
+            });
+        }
+    }
+
+    fn can_send_now(&self) -> bool {
+        match &self.conn {
+            Some(l) => self.inflight.len() < l.inflight_limit && l.tx.capacity() > 0,
+            None => false,
+        }
+    }
+
+    /// Offers a message to this session: sent now, queued, or dropped.
+    pub(crate) fn offer(&mut self, mut d: Delivery, fx: &mut Effects) {
+        if self.ended {
+            return;
+        }
+        if d.msg.is_expired(fx.now_ms) {
+            metrics::dropped(DropReason::Expired);
+            return;
+        }
+        if let Some(link) = &self.conn
+            && !link.policy.can_receive(&d.msg.topic)
+        {
+            return;
+        }
+        if d.qos == QoS::AtMostOnce {
+            self.send_qos0(&d, fx);
+            return;
+        }
+        if self.persistent() {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            d.seq = Some(seq);
+            fx.durable.push(WriteOp::PushMessage {
+                client_id: self.client_id.to_string(),
+                seq,
+                blob: persist::encode_delivery(&d),
+            });
+        }
+        if self.queue.is_empty() && self.can_send_now() {
+            self.send_now(d, fx);
+        } else {
+            self.enqueue(d, fx);
+        }
+    }
+
+    fn send_qos0(&mut self, d: &Delivery, fx: &mut Effects) {
+        let Some(link) = self.conn.as_mut() else {
+            return; // QoS 0 is never queued for an offline session.
+        };
+        let frame = if !link.aliases.enabled() && d.sub_ids.is_empty() {
+            fx.qos0_cache
+                .entry((Arc::as_ptr(&d.msg) as usize, link.version, d.retain))
+                .or_insert_with(|| (d.msg.clone(), build_frame(link, d, None, false, fx.now_ms)))
+                .1
+                .clone()
+        } else {
+            build_frame(link, d, None, false, fx.now_ms)
+        };
+        let Some(frame) = frame else {
+            return;
+        };
+        if frame.len() > link.max_packet {
+            metrics::dropped(DropReason::TooLarge);
+            return;
+        }
+        match link.tx.try_send(frame) {
+            Ok(()) => metrics::message_out(QoS::AtMostOnce),
+            Err(_) => {
+                metrics::dropped(DropReason::SlowConsumer);
+                tracing::debug!(client_id = %self.client_id, "outbound queue full, dropping QoS 0 message");
+            }
+        }
+    }
+
+    /// Sends a QoS 1/2 delivery on the live link (the caller checked `can_send_now`).
+    fn send_now(&mut self, d: Delivery, fx: &mut Effects) {
+        let Some(pid) = self.alloc_pid() else {
+            self.enqueue(d, fx);
+            return;
+        };
+        let Some(link) = self.conn.as_mut() else {
+            self.enqueue(d, fx);
+            return;
+        };
+        let Some(frame) = build_checked(link, &d, Some(pid), false, fx.now_ms) else {
+            metrics::dropped(DropReason::TooLarge);
+            self.forget(&d, fx);
+            return;
+        };
+        if link.tx.try_send(frame).is_err() {
+            self.queue.push_front(d);
+            metrics::queued(1);
+            return;
+        }
+        metrics::message_out(d.qos);
+        self.inflight.push_back(Inflight {
+            pid,
+            delivery: d,
+            released: false,
+        });
+    }
+
+    /// Moves queued messages to the link while the in-flight window and the writer allow.
+    pub(crate) fn pump(&mut self, fx: &mut Effects) {
+        while !self.queue.is_empty() && self.can_send_now() {
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            metrics::queued(-1);
+            if d.msg.is_expired(fx.now_ms) {
+                metrics::dropped(DropReason::Expired);
+                self.forget(&d, fx);
+                continue;
+            }
+            if let Some(link) = &self.conn
+                && !link.policy.can_receive(&d.msg.topic)
+            {
+                self.forget(&d, fx);
+                continue;
+            }
+            self.send_now(d, fx);
+        }
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done.
+    pub(crate) fn complete(&mut self, pid: u16, kind: PubRespKind, fx: &mut Effects) -> bool {
+        let pos = self.inflight.iter().position(|i| {
+            i.pid == pid
+                && match kind {
+                    PubRespKind::PubAck => i.delivery.qos == QoS::AtLeastOnce,
+                    _ => i.delivery.qos == QoS::ExactlyOnce && i.released,
+                }
+        });
+        let Some(pos) = pos else {
+            return false;
+        };
+        if let Some(done) = self.inflight.remove(pos) {
+            self.forget(&done.delivery, fx);
+        }
+        self.pump(fx);
+        true
+    }
+
+    /// PUBREC: returns true when a PUBREL must be sent. A failing PUBREC (v5 reason ≥ 0x80)
+    /// ends the exchange.
+    pub(crate) fn received(&mut self, pid: u16, failed: bool, fx: &mut Effects) -> bool {
+        let Some(pos) = self
+            .inflight
+            .iter()
+            .position(|i| i.pid == pid && i.delivery.qos == QoS::ExactlyOnce)
+        else {
+            return false;
+        };
+        if failed {
+            if let Some(done) = self.inflight.remove(pos) {
+                self.forget(&done.delivery, fx);
+            }
+            self.pump(fx);
+            return false;
+        }
+        if let Some(i) = self.inflight.get_mut(pos) {
+            i.released = true;
+        }
+        true
+    }
+
+    /// Frames to resend when a session resumes: PUBLISH with DUP=1, or PUBREL for messages
+    /// at the PUBREC stage, in the original order.
+    pub(crate) fn redelivery(&mut self, fx: &mut Effects) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let Some(link) = self.conn.as_mut() else {
+            return out;
+        };
+        for i in &self.inflight {
+            let frame = if i.released {
+                encode_frame(&pubrel(i.pid), link.version)
+            } else {
+                build_checked(link, &i.delivery, Some(i.pid), true, fx.now_ms)
+            };
+            out.extend(frame);
+        }
+        out
+    }
+
+    /// Drops everything this session holds (it has ended); returns the number of queued
+    /// messages released, for the gauge.
+    pub(crate) fn end(&mut self) {
+        self.ended = true;
+        metrics::queued(-(self.queue.len() as i64));
+        self.queue.clear();
+        self.inflight.clear();
+        self.conn = None;
+    }
+}
+
+/// A PUBREL for `pid`.
+pub(crate) fn pubrel(pid: u16) -> Packet {
+    Packet::PubResp(PubResp {
+        kind: PubRespKind::PubRel,
+        packet_id: pid,
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
+    })
+}
+
+/// Builds and encodes a PUBLISH for `link`, checking the client's Maximum Packet Size before
+/// an alias is assigned (so that a dropped packet never consumes an alias).
+fn build_checked(
+    link: &mut Link,
+    d: &Delivery,
+    pid: Option<u16>,
+    dup: bool,
+    now_ms: u64,
+) -> Option<Bytes> {
+    let p = publish_packet(d, pid, dup, now_ms);
+    // A new alias adds at most 3 bytes (and the remaining-length field at most 1 more).
+    let len = thingd_mqtt::encoded_len(&Packet::Publish(p), link.version);
+    if len.saturating_add(4) > link.max_packet {
+        return None;
+    }
+    build_frame(link, d, pid, dup, now_ms)
+}
+
+fn build_frame(
+    link: &mut Link,
+    d: &Delivery,
+    pid: Option<u16>,
+    dup: bool,
+    now_ms: u64,
+) -> Option<Bytes> {
+    let mut p = publish_packet(d, pid, dup, now_ms);
+    if link.version == ProtocolVersion::V5 {
+        match link.aliases.lookup(&p.topic) {
+            AliasUse::None => {}
+            AliasUse::New(a) => p.properties.topic_alias = Some(a),
+            AliasUse::Known(a) => {
+                p.properties.topic_alias = Some(a);
+                p.topic = ByteStr::default();
+            }
+        }
+    } else {
+        p.properties = Properties::default();
+    }
+    encode_frame(&Packet::Publish(p), link.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::AppMsg;
+
+    fn delivery(topic: &str, qos: QoS) -> Delivery {
+        Delivery {
+            msg: Arc::new(AppMsg {
+                topic: ByteStr::from(topic),
+                payload: Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                props: Properties::default(),
+                expires_at: None,
+                origin: None,
+            }),
+            qos,
+            retain: false,
+            sub_ids: Vec::new(),
+            seq: None,
+        }
+    }
+
+    #[test]
+    fn pid_allocation_skips_ids_in_flight() {
+        let mut s = Session::new(Arc::from("c"), ProtocolVersion::V5, 0);
+        assert_eq!(s.alloc_pid(), Some(1));
+        s.inflight.push_back(Inflight {
+            pid: 2,
+            delivery: delivery("a", QoS::AtLeastOnce),
+            released: false,
+        });
+        assert_eq!(s.alloc_pid(), Some(3));
+        s.next_pid = u16::MAX;
+        assert_eq!(s.alloc_pid(), Some(u16::MAX));
+        // Wraps to 1, skipping 0; 2 is in flight.
+        assert_eq!(s.alloc_pid(), Some(1));
+        assert_eq!(s.alloc_pid(), Some(3));
+    }
+
+    #[test]
+    fn queue_drops_oldest_when_full() {
+        let mut s = Session::new(Arc::from("c"), ProtocolVersion::V5, 60);
+        let mut fx = Effects::new(0, 3);
+        for i in 0..5 {
+            let mut d = delivery(&format!("t/{i}"), QoS::AtLeastOnce);
+            d.seq = Some(i);
+            s.enqueue(d, &mut fx);
+        }
+        let topics: Vec<_> = s.queue.iter().map(|d| d.msg.topic.to_string()).collect();
+        assert_eq!(topics, vec!["t/2", "t/3", "t/4"]);
+        // The two dropped messages are deleted from the store.
+        assert_eq!(fx.detached.len(), 2);
+    }
+
+    #[test]
+    fn offline_session_queues_only_qos_above_zero() {
+        let mut s = Session::new(Arc::from("c"), ProtocolVersion::V311, 60);
+        let mut fx = Effects::new(0, 10);
+        s.offer(delivery("a", QoS::AtMostOnce), &mut fx);
+        s.offer(delivery("a", QoS::AtLeastOnce), &mut fx);
+        assert_eq!(s.queue.len(), 1);
+        assert_eq!(s.queue[0].seq, Some(1));
+        assert_eq!(fx.durable.len(), 1);
+    }
+
+    fn online(s: &mut Session, capacity: usize) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (ctrl, _) = mpsc::unbounded_channel();
+        s.conn = Some(Link {
+            conn_id: 1,
+            version: ProtocolVersion::V5,
+            tx,
+            ctrl,
+            policy: Arc::new(crate::AllowAll),
+            principal: None,
+            max_packet: usize::MAX,
+            inflight_limit: 2,
+            aliases: OutAliases::new(0),
+        });
+        rx
+    }
+
+    #[test]
+    fn slow_consumer_drops_qos0_and_queues_qos1() {
+        let mut s = Session::new(Arc::from("c"), ProtocolVersion::V5, 0);
+        let mut rx = online(&mut s, 1);
+        let mut fx = Effects::new(0, 10);
+        s.offer(delivery("a", QoS::AtMostOnce), &mut fx);
+        s.offer(delivery("b", QoS::AtMostOnce), &mut fx); // dropped: writer queue full
+        s.offer(delivery("c", QoS::AtLeastOnce), &mut fx); // queued
+        assert_eq!(s.queue.len(), 1);
+        assert!(s.inflight.is_empty());
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+        s.pump(&mut fx);
+        assert_eq!(s.inflight.len(), 1);
+        assert!(s.queue.is_empty());
+    }
+
+    #[test]
+    fn inflight_window_and_acks() {
+        let mut s = Session::new(Arc::from("c"), ProtocolVersion::V5, 0);
+        let _rx = online(&mut s, 100);
+        let mut fx = Effects::new(0, 10);
+        for t in ["a", "b", "c"] {
+            s.offer(delivery(t, QoS::AtLeastOnce), &mut fx);
+        }
+        s.offer(delivery("q2", QoS::ExactlyOnce), &mut fx);
+        assert_eq!(s.inflight.len(), 2);
+        assert_eq!(s.queue.len(), 2);
+        let first = s.inflight[0].pid;
+        assert!(s.complete(first, PubRespKind::PubAck, &mut fx));
+        assert!(
+            !s.complete(first, PubRespKind::PubAck, &mut fx),
+            "acked once"
+        );
+        assert_eq!(s.inflight.len(), 2);
+        // QoS 2: PUBCOMP before PUBREC does nothing.
+        let second = s.inflight[1].pid;
+        assert!(s.complete(s.inflight[0].pid, PubRespKind::PubAck, &mut fx));
+        assert_eq!(s.inflight.len(), 2);
+        assert!(!s.complete(second, PubRespKind::PubComp, &mut fx));
+        let q2 = s.inflight[1].pid;
+        assert!(s.received(q2, false, &mut fx));
+        // Redelivery resends PUBLISH (DUP) for the first and PUBREL for the released one.
+        assert_eq!(s.redelivery(&mut fx).len(), 2);
+        assert!(s.complete(q2, PubRespKind::PubComp, &mut fx));
+        assert_eq!(s.inflight.len(), 1);
+    }
+
+    #[test]
+    fn expired_messages_are_not_queued() {
+        let mut s = Session::new(Arc::from("c"), ProtocolVersion::V5, 60);
+        let mut fx = Effects::new(5_000, 10);
+        let mut d = delivery("a", QoS::AtLeastOnce);
+        if let Some(m) = Arc::get_mut(&mut d.msg) {
+            m.expires_at = Some(4_000);
+        }
+        s.offer(d, &mut fx);
+        assert!(s.queue.is_empty());
+    }
+}

@@ -1,0 +1,1145 @@
+//! Connection-level tests: `serve_connection` over duplex pipes with a real store.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use thingd_mqtt::{
+    ByteStr, Disconnect, Packet, Properties, PubRespKind, Publish, QoS, ReasonCode, RetainHandling,
+    SubscriptionOptions,
+};
+
+#[tokio::test]
+async fn connect_both_versions() {
+    let h = Harness::new();
+    let (_c3, ack3) = h.connect(V3, "dev-3").await;
+    assert_eq!(ack3.reason, ReasonCode::Success);
+    assert!(!ack3.session_present);
+    let (_c5, ack5) = h.connect(V5, "dev-5").await;
+    assert_eq!(ack5.reason, ReasonCode::Success);
+    let p = &ack5.properties;
+    assert_eq!(p.receive_maximum, Some(100));
+    assert_eq!(p.topic_alias_maximum, Some(8));
+    assert_eq!(p.subscription_identifier_available, Some(1));
+    assert_eq!(p.shared_subscription_available, Some(1));
+    assert_eq!(p.maximum_qos, None, "QoS 2 supported: no Maximum QoS");
+    // keep_alive 60 is inside 30..=1200: no Server Keep Alive.
+    assert_eq!(p.server_keep_alive, None);
+}
+
+#[tokio::test]
+async fn keep_alive_is_clamped_in_connack() {
+    let h = Harness::new();
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V5, "ka", true);
+    p.keep_alive = 5;
+    let ack = c.connect(p).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V5, "ka0", true);
+    p.keep_alive = 0;
+    let ack = c.connect(p).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(1200));
+}
+
+#[tokio::test]
+async fn pubsub_all_qos_across_versions() {
+    let h = Harness::new();
+    for (pv, sv) in [(V3, V5), (V5, V3), (V3, V3), (V5, V5)] {
+        let mut sub = h.client(sv, "sub").await;
+        let mut publ = h.client(pv, "pub").await;
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let a = sub.subscribe("t/+", qos).await;
+            assert_eq!(
+                a.reasons,
+                vec![match qos {
+                    QoS::AtMostOnce => ReasonCode::Success,
+                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                }]
+            );
+            for pq in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                publ.publish("t/x", b"hello", pq, false).await;
+                let got = sub.receive().await;
+                assert_eq!(&got.topic[..], "t/x");
+                assert_eq!(&got.payload[..], b"hello");
+                assert_eq!(got.qos, pq.min(qos), "pub {pq:?} sub {qos:?}");
+                assert!(!got.retain);
+            }
+        }
+        sub.disconnect().await;
+        publ.disconnect().await;
+    }
+}
+
+#[tokio::test]
+async fn v5_properties_are_forwarded_and_dropped_for_v311() {
+    let h = Harness::new();
+    let mut s5 = h.client(V5, "s5").await;
+    let mut s3 = h.client(V3, "s3").await;
+    s5.subscribe("p", QoS::AtMostOnce).await;
+    s3.subscribe("p", QoS::AtMostOnce).await;
+    let mut publ = h.client(V5, "pub").await;
+    let props = Properties {
+        payload_format_indicator: Some(1),
+        content_type: Some(ByteStr::from("text/plain")),
+        response_topic: Some(ByteStr::from("reply/here")),
+        correlation_data: Some(Bytes::from_static(b"corr")),
+        user_properties: vec![
+            (ByteStr::from("a"), ByteStr::from("1")),
+            (ByteStr::from("b"), ByteStr::from("2")),
+            (ByteStr::from("a"), ByteStr::from("3")),
+        ],
+        ..Properties::default()
+    };
+    publ.send(Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: ByteStr::from("p"),
+        packet_id: None,
+        properties: props.clone(),
+        payload: Bytes::from_static(b"x"),
+    }))
+    .await;
+    let got = s5.expect_publish().await;
+    assert_eq!(got.properties.payload_format_indicator, Some(1));
+    assert_eq!(got.properties.content_type, props.content_type);
+    assert_eq!(got.properties.response_topic, props.response_topic);
+    assert_eq!(got.properties.correlation_data, props.correlation_data);
+    assert_eq!(got.properties.user_properties, props.user_properties);
+    let got3 = s3.expect_publish().await;
+    assert_eq!(&got3.payload[..], b"x");
+}
+
+#[tokio::test]
+async fn retained_set_replace_delete_and_handling() {
+    let h = Harness::new();
+    let mut p = h.client(V5, "pub").await;
+    p.publish("r/a", b"one", QoS::AtLeastOnce, true).await;
+    p.publish("r/a", b"two", QoS::AtLeastOnce, true).await;
+    p.publish("r/b", b"bee", QoS::AtMostOnce, true).await;
+
+    let mut s = h.client(V5, "sub").await;
+    s.subscribe("r/a", QoS::AtLeastOnce).await;
+    let got = s.receive().await;
+    assert!(got.retain);
+    assert_eq!(&got.payload[..], b"two");
+    s.expect_nothing().await;
+
+    // Wildcard filters get retained messages too (MQTT semantics).
+    s.subscribe("r/#", QoS::AtMostOnce).await;
+    let mut payloads = vec![s.receive().await.payload, s.receive().await.payload];
+    payloads.sort();
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"bee"), Bytes::from_static(b"two")]
+    );
+
+    // Live forwarding clears RETAIN (no Retain As Published).
+    p.publish("r/a", b"three", QoS::AtMostOnce, true).await;
+    let live = s.receive().await;
+    assert!(!live.retain);
+
+    // Retain Handling 1: only on a new subscription; 2: never.
+    let opts = |rh| SubscriptionOptions {
+        qos: QoS::AtMostOnce,
+        retain_handling: rh,
+        ..SubscriptionOptions::default()
+    };
+    let mut s2 = h.client(V5, "sub2").await;
+    s2.subscribe_with(
+        "r/a",
+        opts(RetainHandling::SendIfNew),
+        Properties::default(),
+    )
+    .await;
+    assert_eq!(&s2.receive().await.payload[..], b"three");
+    s2.subscribe_with(
+        "r/a",
+        opts(RetainHandling::SendIfNew),
+        Properties::default(),
+    )
+    .await;
+    s2.expect_nothing().await;
+    s2.subscribe_with(
+        "r/b",
+        opts(RetainHandling::DoNotSend),
+        Properties::default(),
+    )
+    .await;
+    s2.expect_nothing().await;
+
+    // Retain As Published keeps the flag on live messages.
+    let mut s3 = h.client(V5, "sub3").await;
+    s3.subscribe_with(
+        "rap",
+        SubscriptionOptions {
+            retain_as_published: true,
+            ..SubscriptionOptions::default()
+        },
+        Properties::default(),
+    )
+    .await;
+    p.publish("rap", b"x", QoS::AtMostOnce, true).await;
+    assert!(s3.receive().await.retain);
+
+    // Empty payload deletes, and is still forwarded.
+    p.publish("r/a", b"", QoS::AtLeastOnce, true).await;
+    let del = s.receive().await;
+    assert!(del.payload.is_empty());
+    let mut s4 = h.client(V5, "sub4").await;
+    s4.subscribe("r/a", QoS::AtMostOnce).await;
+    s4.expect_nothing().await;
+
+    // Shared subscriptions never get retained messages.
+    s4.subscribe("$share/g/r/b", QoS::AtMostOnce).await;
+    s4.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn will_on_socket_drop_not_on_disconnect() {
+    let h = Harness::new();
+    let mut watcher = h.client(V3, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V5, "dying", true);
+    p.will = Some(will("wills/dying", b"gone", QoS::AtLeastOnce, false));
+    c.connect(p).await;
+    drop(c);
+    let got = watcher.receive().await;
+    assert_eq!(&got.topic[..], "wills/dying");
+    assert_eq!(&got.payload[..], b"gone");
+
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V3, "polite", true);
+    p.will = Some(will("wills/polite", b"gone", QoS::AtMostOnce, false));
+    c.connect(p).await;
+    c.disconnect().await;
+    watcher.expect_nothing().await;
+
+    // v5 DISCONNECT 0x04 publishes the will.
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V5, "withwill", true);
+    p.will = Some(will("wills/withwill", b"bye", QoS::AtMostOnce, true));
+    c.connect(p).await;
+    c.send(Packet::Disconnect(Disconnect {
+        reason: ReasonCode::DisconnectWithWill,
+        properties: Properties::default(),
+    }))
+    .await;
+    assert_eq!(&watcher.receive().await.topic[..], "wills/withwill");
+    // Will Retain honoured.
+    let mut late = h.client(V5, "late").await;
+    late.subscribe("wills/withwill", QoS::AtMostOnce).await;
+    assert!(late.receive().await.retain);
+}
+
+#[tokio::test]
+async fn will_delay_and_cancellation() {
+    let h = Harness::new();
+    let mut watcher = h.client(V5, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtMostOnce).await;
+
+    let with_delay = |id: &str| {
+        let mut p = connect_packet(V5, id, false);
+        p.properties.session_expiry_interval = Some(600);
+        let mut w = will(&format!("wills/{id}"), b"late", QoS::AtMostOnce, false);
+        w.properties.will_delay_interval = Some(5);
+        p.will = Some(w);
+        p
+    };
+    // Fires after the delay.
+    let mut c = h.stream(None);
+    c.connect(with_delay("d1")).await;
+    drop(c);
+    watcher.expect_nothing().await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    tokio::time::resume();
+    assert_eq!(&watcher.receive().await.topic[..], "wills/d1");
+
+    // Cancelled by reconnecting to the session before the delay.
+    let mut c = h.stream(None);
+    c.connect(with_delay("d2")).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c2 = h.stream(None);
+    let ack = c2.connect(with_delay("d2")).await;
+    assert!(ack.session_present);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    tokio::time::resume();
+    watcher.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn takeover_closes_old_connection() {
+    let h = Harness::new();
+    let mut watcher = h.client(V5, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtMostOnce).await;
+    let mut old = h.stream(None);
+    let mut p = connect_packet(V5, "same", true);
+    p.will = Some(will("wills/same", b"x", QoS::AtMostOnce, false));
+    old.connect(p).await;
+    let (_new, ack) = h.connect(V5, "same").await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    old.expect_disconnect(ReasonCode::SessionTakenOver).await;
+    // Clean start: the old session ended, so its will is published.
+    assert_eq!(&watcher.receive().await.topic[..], "wills/same");
+
+    // 3.1.1: the old connection is just closed.
+    let (mut old3, _) = h.connect(V3, "same3").await;
+    let (_new3, _) = h.connect(V3, "same3").await;
+    assert!(old3.expect_closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn persistent_session_queue_and_redelivery() {
+    let h = Harness::new();
+    let (mut s, ack) = h.persistent(V3, "persist").await;
+    assert!(!ack.session_present);
+    s.subscribe("q/#", QoS::AtLeastOnce).await;
+    let mut p = h.client(V5, "pub").await;
+    // Delivered but not acknowledged: must be redelivered with DUP.
+    p.publish("q/1", b"one", QoS::AtLeastOnce, false).await;
+    let first = s.expect_publish().await;
+    assert!(!first.dup);
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Offline: QoS 1 queued, QoS 0 not.
+    p.publish("q/2", b"two", QoS::AtLeastOnce, false).await;
+    p.publish("q/3", b"three", QoS::AtMostOnce, false).await;
+    assert_eq!(h.store.messages("persist").expect("messages").len(), 2);
+
+    let (mut s, ack) = h.persistent(V3, "persist").await;
+    assert!(ack.session_present);
+    let again = s.receive().await;
+    assert!(again.dup);
+    assert_eq!(&again.payload[..], b"one");
+    let queued = s.receive().await;
+    assert_eq!(&queued.payload[..], b"two");
+    s.expect_nothing().await;
+    // Acknowledged messages leave the store.
+    s.ping().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(h.store.messages("persist").expect("messages").is_empty());
+
+    // A version mismatch does not resume the session.
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_s5, ack) = h.persistent(V5, "persist").await;
+    assert!(!ack.session_present);
+}
+
+#[tokio::test]
+async fn queue_bound_drops_oldest() {
+    let config = thingd_broker::BrokerConfig {
+        max_queued_messages: 3,
+        ..thingd_broker::BrokerConfig::default()
+    };
+    let h = Harness::with_config(config);
+    let (mut s, _) = h.persistent(V5, "bounded").await;
+    s.subscribe("b", QoS::AtLeastOnce).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut p = h.client(V5, "pub").await;
+    for i in 0..6u8 {
+        p.publish("b", &[b'0' + i], QoS::AtLeastOnce, false).await;
+    }
+    let (mut s, ack) = h.persistent(V5, "bounded").await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(s.receive().await.payload[0]);
+    }
+    assert_eq!(got, b"345");
+    s.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn keep_alive_timeout() {
+    let h = Harness::new();
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V5, "sleepy", true);
+    p.keep_alive = 30;
+    c.connect(p).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(40)).await;
+    c.ping().await; // resets the timer
+    tokio::time::advance(Duration::from_secs(44)).await;
+    c.ping().await;
+    tokio::time::advance(Duration::from_secs(46)).await;
+    c.expect_disconnect(ReasonCode::KeepAliveTimeout).await;
+}
+
+#[tokio::test]
+async fn shared_subscription_distribution() {
+    let h = Harness::new();
+    let mut a = h.client(V5, "a").await;
+    let mut b = h.client(V3, "b").await;
+    a.subscribe("$share/g/s/+", QoS::AtLeastOnce).await;
+    b.subscribe("$share/g/s/+", QoS::AtMostOnce).await;
+    let mut p = h.client(V5, "pub").await;
+    for _ in 0..10 {
+        p.publish("s/x", b"m", QoS::AtLeastOnce, false).await;
+    }
+    let mut na = 0;
+    let mut nb = 0;
+    while let Ok(Some(Packet::Publish(m))) = a.try_recv(Duration::from_millis(200)).await {
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+        a.send(ack(PubRespKind::PubAck, m.packet_id.unwrap_or(0)))
+            .await;
+        na += 1;
+    }
+    while let Ok(Some(Packet::Publish(m))) = b.try_recv(Duration::from_millis(200)).await {
+        assert_eq!(m.qos, QoS::AtMostOnce);
+        nb += 1;
+    }
+    assert_eq!(na + nb, 10);
+    assert!(na > 0 && nb > 0, "a={na} b={nb}");
+}
+
+#[tokio::test]
+async fn shared_and_plain_subscription_on_same_client() {
+    let h = Harness::new();
+    let mut a = h.client(V5, "a").await;
+    a.subscribe("x/y", QoS::AtMostOnce).await;
+    a.subscribe("$share/g/x/y", QoS::AtMostOnce).await;
+    let mut p = h.client(V5, "pub").await;
+    p.publish("x/y", b"1", QoS::AtMostOnce, false).await;
+    a.receive().await;
+    a.receive().await;
+    a.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn topic_alias_both_ways() {
+    let h = Harness::new();
+    let mut s = h.stream(None);
+    let mut cp = connect_packet(V5, "aliased", true);
+    cp.properties.topic_alias_maximum = Some(2);
+    s.connect(cp).await;
+    s.subscribe("al/#", QoS::AtMostOnce).await;
+    let mut p = h.client(V5, "pub").await;
+    // Inbound alias: set then use.
+    let with_alias = |topic: &str, alias| {
+        let mut pk = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: ByteStr::from(topic),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"a"),
+        };
+        pk.properties.topic_alias = Some(alias);
+        Packet::Publish(pk)
+    };
+    p.send(with_alias("al/one", 1)).await;
+    p.send(with_alias("", 1)).await;
+    let m1 = s.expect_publish().await;
+    assert_eq!(&m1.topic[..], "al/one");
+    assert_eq!(m1.properties.topic_alias, Some(1));
+    let m2 = s.expect_publish().await;
+    assert_eq!(&m2.topic[..], "", "second delivery uses the alias alone");
+    assert_eq!(m2.properties.topic_alias, Some(1));
+    // Unknown alias with an empty topic → 0x82; alias above the maximum → 0x94.
+    p.send(with_alias("", 2)).await;
+    p.expect_disconnect(ReasonCode::ProtocolError).await;
+    let mut p = h.client(V5, "pub2").await;
+    p.send(with_alias("al/x", 9)).await;
+    p.expect_disconnect(ReasonCode::TopicAliasInvalid).await;
+}
+
+#[tokio::test]
+async fn message_expiry() {
+    let h = Harness::new();
+    let (mut s, _) = h.persistent(V5, "exp").await;
+    s.subscribe("e", QoS::AtLeastOnce).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut p = h.client(V5, "pub").await;
+    let mut pk = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: ByteStr::from("e"),
+        packet_id: Some(1),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"short"),
+    };
+    pk.properties.message_expiry_interval = Some(2);
+    p.send(Packet::Publish(pk.clone())).await;
+    p.expect_resp(PubRespKind::PubAck).await;
+    pk.payload = Bytes::from_static(b"long");
+    pk.topic = ByteStr::from("e");
+    pk.retain = false;
+    pk.packet_id = Some(2);
+    pk.properties.message_expiry_interval = Some(100);
+    p.send(Packet::Publish(pk)).await;
+    p.expect_resp(PubRespKind::PubAck).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    tokio::time::resume();
+    let (mut s, _) = h.persistent(V5, "exp").await;
+    let m = s.receive().await;
+    assert_eq!(&m.payload[..], b"long");
+    let left = m
+        .properties
+        .message_expiry_interval
+        .expect("remaining expiry");
+    assert!((96..=98).contains(&left), "{left}");
+    s.expect_nothing().await;
+    // The expired retained message is gone too.
+    let mut n = h.client(V5, "new").await;
+    n.subscribe("e", QoS::AtMostOnce).await;
+    n.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn inbound_receive_maximum() {
+    let config = thingd_broker::BrokerConfig {
+        receive_maximum: 2,
+        ..thingd_broker::BrokerConfig::default()
+    };
+    let h = Harness::with_config(config);
+    let mut p = h.client(V5, "flood").await;
+    p.send(publish("f", b"1", QoS::ExactlyOnce, false, Some(1)))
+        .await;
+    p.send(publish("f", b"2", QoS::ExactlyOnce, false, Some(2)))
+        .await;
+    p.send(publish("f", b"3", QoS::ExactlyOnce, false, Some(3)))
+        .await;
+    p.expect_disconnect(ReasonCode::ReceiveMaximumExceeded)
+        .await;
+}
+
+#[tokio::test]
+async fn outbound_inflight_limit() {
+    let h = Harness::new();
+    let mut s = h.stream(None);
+    let mut cp = connect_packet(V5, "slow", true);
+    cp.properties.receive_maximum = Some(2);
+    s.connect(cp).await;
+    s.subscribe("o", QoS::AtLeastOnce).await;
+    let mut p = h.client(V5, "pub").await;
+    for i in 0..4u8 {
+        p.publish("o", &[i], QoS::AtLeastOnce, false).await;
+    }
+    let a = s.expect_publish().await;
+    let b = s.expect_publish().await;
+    s.expect_nothing().await;
+    s.send(ack(PubRespKind::PubAck, a.packet_id.unwrap_or(0)))
+        .await;
+    let c = s.expect_publish().await;
+    assert_eq!(c.payload[0], 2);
+    s.send(ack(PubRespKind::PubAck, b.packet_id.unwrap_or(0)))
+        .await;
+    assert_eq!(s.expect_publish().await.payload[0], 3);
+}
+
+#[tokio::test]
+async fn qos2_duplicate_publish_delivered_once_and_unknown_pubrel() {
+    let h = Harness::new();
+    let mut s = h.client(V5, "s").await;
+    s.subscribe("d", QoS::AtMostOnce).await;
+    let mut p = h.client(V5, "p").await;
+    p.send(publish("d", b"x", QoS::ExactlyOnce, false, Some(7)))
+        .await;
+    p.expect_resp(PubRespKind::PubRec).await;
+    p.send(publish("d", b"x", QoS::ExactlyOnce, false, Some(7)))
+        .await;
+    p.expect_resp(PubRespKind::PubRec).await;
+    p.send(ack(PubRespKind::PubRel, 7)).await;
+    assert_eq!(
+        p.expect_resp(PubRespKind::PubComp).await.reason,
+        ReasonCode::Success
+    );
+    p.send(ack(PubRespKind::PubRel, 99)).await;
+    assert_eq!(
+        p.expect_resp(PubRespKind::PubComp).await.reason,
+        ReasonCode::PacketIdentifierNotFound
+    );
+    s.receive().await;
+    s.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn max_packet_size_both_sides() {
+    let config = thingd_broker::BrokerConfig {
+        max_payload: 1000,
+        max_packet_size: 2000,
+        ..thingd_broker::BrokerConfig::default()
+    };
+    let h = Harness::with_config(config);
+    // Client's maximum: a big message is not sent to it.
+    let mut s = h.stream(None);
+    let mut cp = connect_packet(V5, "small", true);
+    cp.properties.maximum_packet_size = Some(100);
+    s.connect(cp).await;
+    s.subscribe("m", QoS::AtMostOnce).await;
+    let mut p = h.client(V5, "pub").await;
+    p.publish("m", &[0u8; 500], QoS::AtMostOnce, false).await;
+    p.publish("m", b"tiny", QoS::AtMostOnce, false).await;
+    assert_eq!(&s.expect_publish().await.payload[..], b"tiny");
+    // Payload over max_payload → 0x95.
+    p.send(publish("m", &[0u8; 1500], QoS::AtMostOnce, false, None))
+        .await;
+    p.expect_disconnect(ReasonCode::PacketTooLarge).await;
+    // Packet over max_packet_size → 0x95 (v5), close (3.1.1).
+    let mut p = h.client(V5, "pub2").await;
+    p.send(publish("m", &[0u8; 3000], QoS::AtMostOnce, false, None))
+        .await;
+    p.expect_disconnect(ReasonCode::PacketTooLarge).await;
+    let mut p3 = h.client(V3, "pub3").await;
+    p3.send(publish("m", &[0u8; 3000], QoS::AtMostOnce, false, None))
+        .await;
+    assert!(p3.expect_closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_first_packet_and_second_connect() {
+    let h = Harness::new();
+    let mut c = h.stream(None);
+    c.send(Packet::PingReq).await;
+    assert!(c.expect_closed().await.is_empty());
+    let mut c = h.client(V5, "twice").await;
+    c.send(Packet::Connect(Box::new(connect_packet(V5, "twice", true))))
+        .await;
+    c.expect_disconnect(ReasonCode::ProtocolError).await;
+    // Unsupported protocol level → CONNACK rc 1, then close.
+    let mut c = h.stream(None);
+    c.version = V3;
+    c.send_raw(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 3, 2, 0, 60, 0, 0])
+        .await;
+    match c.recv().await {
+        Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::UnsupportedProtocolVersion),
+        other => panic!("{other:?}"),
+    }
+    // Connect timeout.
+    let mut c = h.stream(None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert!(c.expect_closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn invalid_topics_and_filters() {
+    let h = Harness::new();
+    let mut c = h.client(V5, "c").await;
+    let a = c.subscribe("a/#/b", QoS::AtMostOnce).await;
+    assert_eq!(a.reasons, vec![ReasonCode::TopicFilterInvalid]);
+    let mut c3 = h.client(V3, "c3").await;
+    let a = c3.subscribe("a/+b", QoS::AtMostOnce).await;
+    assert_eq!(a.reasons, vec![ReasonCode::UnspecifiedError]);
+    c.send(publish("a/+", b"x", QoS::AtMostOnce, false, None))
+        .await;
+    c.expect_disconnect(ReasonCode::TopicNameInvalid).await;
+    let mut c = h.client(V5, "c").await;
+    c.send(publish("$SYS/x", b"x", QoS::AtMostOnce, false, None))
+        .await;
+    c.expect_disconnect(ReasonCode::TopicNameInvalid).await;
+    let mut c = h.client(V5, "c").await;
+    c.send(publish(
+        "a/b/c/d/e/f/g/h/i",
+        b"x",
+        QoS::AtMostOnce,
+        false,
+        None,
+    ))
+    .await;
+    c.expect_disconnect(ReasonCode::TopicNameInvalid).await;
+    c3.send(publish("a/#", b"x", QoS::AtMostOnce, false, None))
+        .await;
+    assert!(c3.expect_closed().await.is_empty());
+    // $aws topics may be published; retained on them is refused (v5 PUBACK 0x87).
+    let mut c = h.client(V5, "c").await;
+    c.publish("$aws/things/t/shadow/get", b"", QoS::AtLeastOnce, false)
+        .await;
+    c.send(publish("$aws/x", b"r", QoS::AtLeastOnce, true, Some(5)))
+        .await;
+    assert_eq!(
+        c.expect_resp(PubRespKind::PubAck).await.reason,
+        ReasonCode::NotAuthorized
+    );
+}
+
+#[tokio::test]
+async fn subscribe_limits() {
+    let config = thingd_broker::BrokerConfig {
+        max_subscriptions: 2,
+        ..thingd_broker::BrokerConfig::default()
+    };
+    let h = Harness::with_config(config);
+    let mut c = h.client(V5, "c").await;
+    let pid = c.pid();
+    let filters = (0..9)
+        .map(|i| {
+            (
+                ByteStr::from(format!("f/{i}")),
+                SubscriptionOptions::default(),
+            )
+        })
+        .collect();
+    c.send(Packet::Subscribe(thingd_mqtt::Subscribe {
+        packet_id: pid,
+        filters,
+        properties: Properties::default(),
+    }))
+    .await;
+    assert_eq!(
+        c.expect_suback().await.reasons,
+        vec![ReasonCode::QuotaExceeded; 9]
+    );
+    let pid = c.pid();
+    let filters = (0..3)
+        .map(|i| {
+            (
+                ByteStr::from(format!("f/{i}")),
+                SubscriptionOptions::default(),
+            )
+        })
+        .collect();
+    c.send(Packet::Subscribe(thingd_mqtt::Subscribe {
+        packet_id: pid,
+        filters,
+        properties: Properties::default(),
+    }))
+    .await;
+    assert_eq!(
+        c.expect_suback().await.reasons,
+        vec![
+            ReasonCode::Success,
+            ReasonCode::Success,
+            ReasonCode::QuotaExceeded
+        ]
+    );
+    // Unsubscribe: 0x11 for a filter that was not subscribed.
+    let pid = c.pid();
+    c.send(Packet::Unsubscribe(thingd_mqtt::Unsubscribe {
+        packet_id: pid,
+        filters: vec![ByteStr::from("f/0"), ByteStr::from("nope")],
+        properties: Properties::default(),
+    }))
+    .await;
+    match c.recv().await {
+        Packet::UnsubAck(a) => {
+            assert_eq!(
+                a.reasons,
+                vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn no_local_and_subscription_identifiers() {
+    let h = Harness::new();
+    let mut c = h.client(V5, "self").await;
+    c.subscribe_with(
+        "nl",
+        SubscriptionOptions {
+            no_local: true,
+            ..SubscriptionOptions::default()
+        },
+        Properties::default(),
+    )
+    .await;
+    let props = Properties {
+        subscription_identifiers: vec![42],
+        ..Properties::default()
+    };
+    c.subscribe_with("sid/+", SubscriptionOptions::default(), props)
+        .await;
+    c.publish("nl", b"x", QoS::AtMostOnce, false).await;
+    c.publish("sid/1", b"y", QoS::AtMostOnce, false).await;
+    let m = c.expect_publish().await;
+    assert_eq!(&m.topic[..], "sid/1");
+    assert_eq!(m.properties.subscription_identifiers, vec![42]);
+    c.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn client_ids() {
+    let h = Harness::new();
+    // v5 empty id → assigned.
+    let (_c, ack) = h.connect(V5, "").await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .expect("assigned id");
+    assert!(!id.starts_with('$') && !id.is_empty());
+    // 3.1.1 empty id with clean session → accepted.
+    let (_c, ack) = h.connect(V3, "").await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    // 3.1.1 empty id without clean session → rc 2.
+    let mut c = h.stream(None);
+    let ack = c.connect(connect_packet(V3, "", false)).await;
+    assert_eq!(ack.reason, ReasonCode::ClientIdentifierNotValid);
+    // Too long, and `$` prefix.
+    let (_c, ack) = h.connect(V5, &"x".repeat(129)).await;
+    assert_eq!(ack.reason, ReasonCode::ClientIdentifierNotValid);
+    let (_c, ack) = h.connect(V5, "$reserved").await;
+    assert_eq!(ack.reason, ReasonCode::ClientIdentifierNotValid);
+}
+
+#[tokio::test]
+async fn session_expiry_clamped_and_disconnect_rules() {
+    let h = Harness::new();
+    let mut c = h.stream(None);
+    let mut cp = connect_packet(V5, "sei", false);
+    cp.properties.session_expiry_interval = Some(100_000);
+    let ack = c.connect(cp).await;
+    assert_eq!(ack.properties.session_expiry_interval, Some(3600));
+    // SEI 0 → >0 at DISCONNECT is a protocol error.
+    let mut c = h.client(V5, "zero").await;
+    c.send(Packet::Disconnect(Disconnect {
+        reason: ReasonCode::Success,
+        properties: Properties {
+            session_expiry_interval: Some(10),
+            ..Properties::default()
+        },
+    }))
+    .await;
+    c.expect_disconnect(ReasonCode::ProtocolError).await;
+}
+
+#[tokio::test]
+async fn restart_keeps_sessions_queues_and_retained() {
+    let mut h = Harness::new();
+    let (mut s, _) = h.persistent(V5, "durable").await;
+    s.subscribe("k/#", QoS::ExactlyOnce).await;
+    s.disconnect().await;
+    let mut p = h.client(V3, "pub").await;
+    p.publish("k/1", b"queued", QoS::AtLeastOnce, false).await;
+    p.publish("k/r", b"kept", QoS::AtLeastOnce, true).await;
+    drop(p);
+    h.restart().await;
+    let (mut s, ack) = h.persistent(V5, "durable").await;
+    assert!(ack.session_present);
+    let mut got = [s.receive().await, s.receive().await];
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!(&got[0].payload[..], b"queued");
+    assert_eq!(&got[1].payload[..], b"kept");
+    // The subscription survived too.
+    let mut p = h.client(V5, "pub").await;
+    p.publish("k/2", b"live", QoS::AtMostOnce, false).await;
+    assert_eq!(&s.receive().await.payload[..], b"live");
+    // And the retained message.
+    let mut n = h.client(V5, "n").await;
+    n.subscribe("k/r", QoS::AtMostOnce).await;
+    assert_eq!(&n.receive().await.payload[..], b"kept");
+}
+
+#[tokio::test]
+async fn disconnect_principal_and_shutdown() {
+    let h = Harness::new();
+    let mut a = h.stream(Some("cert-a"));
+    a.connect(connect_packet(V5, "a", true)).await;
+    let mut b = h.stream(Some("cert-b"));
+    b.connect(connect_packet(V5, "b", true)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.broker.disconnect_principal("cert-a"), 1);
+    a.expect_disconnect(ReasonCode::AdministrativeAction).await;
+    let broker = h.broker.clone();
+    let t = tokio::spawn(async move { broker.shutdown().await });
+    b.expect_disconnect(ReasonCode::ServerShuttingDown).await;
+    t.await.expect("shutdown");
+    // New connections are refused.
+    let mut c = h.stream(None);
+    c.send(Packet::Connect(Box::new(connect_packet(V5, "late", true))))
+        .await;
+    assert!(c.expect_closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn internal_client_round_trip() {
+    let h = Harness::new();
+    let mut svc = h.broker.internal_client("shadow-service");
+    assert_eq!(
+        svc.subscribe("$aws/things/+/shadow/update", QoS::AtLeastOnce)
+            .await,
+        Ok(QoS::AtLeastOnce)
+    );
+    let mut dev = h.client(V3, "thing1").await;
+    dev.subscribe(
+        "$aws/things/thing1/shadow/update/accepted",
+        QoS::AtLeastOnce,
+    )
+    .await;
+    dev.publish(
+        "$aws/things/thing1/shadow/update",
+        b"{}",
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await;
+    let m = svc.recv().await.expect("message");
+    assert_eq!(m.topic, "$aws/things/thing1/shadow/update");
+    svc.publish(
+        "$aws/things/thing1/shadow/update/accepted",
+        "ok",
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await
+    .expect("publish");
+    assert_eq!(&dev.receive().await.payload[..], b"ok");
+}
+
+/// Denies: connecting as "banned"; publishing to `deny/#`; retaining on `noretain`;
+/// subscribing to `secret/#`; receiving `hidden/#`.
+struct TestAuth;
+struct TestPolicy;
+
+impl thingd_broker::ConnectionPolicy for TestPolicy {
+    fn can_publish(&self, topic: &str, retain: bool) -> bool {
+        let denied = topic.starts_with("deny/") || (retain && topic == "noretain");
+        !denied
+    }
+    fn can_subscribe(&self, filter: &str) -> bool {
+        !filter.starts_with("secret/")
+    }
+    fn can_receive(&self, topic: &str) -> bool {
+        !topic.starts_with("hidden/")
+    }
+}
+
+impl thingd_broker::Authorizer for TestAuth {
+    fn connect(
+        &self,
+        _info: &thingd_broker::ConnectionInfo,
+        client_id: &str,
+    ) -> Result<std::sync::Arc<dyn thingd_broker::ConnectionPolicy>, ReasonCode> {
+        match client_id {
+            "banned" => Err(ReasonCode::NotAuthorized),
+            "busy" => Err(ReasonCode::ServerBusy),
+            _ => Ok(std::sync::Arc::new(TestPolicy)),
+        }
+    }
+}
+
+fn auth_harness() -> Harness {
+    Harness::with_auth(
+        thingd_broker::BrokerConfig::default(),
+        std::sync::Arc::new(TestAuth),
+    )
+}
+
+#[tokio::test]
+async fn authorization_connect() {
+    let h = auth_harness();
+    let (_c, ack) = h.connect(V5, "banned").await;
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+    let mut c = h.stream(None);
+    c.version = V3;
+    c.send(Packet::Connect(Box::new(connect_packet(
+        V3, "banned", true,
+    ))))
+    .await;
+    assert!(c.expect_closed().await.is_empty(), "3.1.1: no CONNACK");
+    // Other codes map onto a 3.1.1 return code (Server Busy → 3, Server unavailable).
+    let (_c, ack) = h.connect(V3, "busy").await;
+    assert_eq!(ack.reason, ReasonCode::ServerUnavailable);
+    let (_c, ack) = h.connect(V5, "busy").await;
+    assert_eq!(ack.reason, ReasonCode::ServerBusy);
+}
+
+#[tokio::test]
+async fn authorization_publish_subscribe_receive() {
+    let h = auth_harness();
+    let mut c = h.client(V5, "c").await;
+    // v5: QoS 1 → PUBACK 0x87, QoS 2 → PUBREC 0x87, QoS 0 → DISCONNECT 0x87.
+    c.send(publish("deny/x", b"x", QoS::AtLeastOnce, false, Some(1)))
+        .await;
+    assert_eq!(
+        c.expect_resp(PubRespKind::PubAck).await.reason,
+        ReasonCode::NotAuthorized
+    );
+    c.send(publish("deny/x", b"x", QoS::ExactlyOnce, false, Some(2)))
+        .await;
+    assert_eq!(
+        c.expect_resp(PubRespKind::PubRec).await.reason,
+        ReasonCode::NotAuthorized
+    );
+    c.send(publish("noretain", b"x", QoS::AtLeastOnce, true, Some(3)))
+        .await;
+    assert_eq!(
+        c.expect_resp(PubRespKind::PubAck).await.reason,
+        ReasonCode::NotAuthorized
+    );
+    let a = c.subscribe("secret/a", QoS::AtMostOnce).await;
+    assert_eq!(a.reasons, vec![ReasonCode::NotAuthorized]);
+    // Receive is checked per delivery.
+    c.subscribe("#", QoS::AtMostOnce).await;
+    c.publish("hidden/x", b"h", QoS::AtMostOnce, false).await;
+    c.publish("open/x", b"o", QoS::AtMostOnce, false).await;
+    assert_eq!(&c.expect_publish().await.topic[..], "open/x");
+    c.send(publish("deny/x", b"x", QoS::AtMostOnce, false, None))
+        .await;
+    c.expect_disconnect(ReasonCode::NotAuthorized).await;
+
+    // 3.1.1: denied publish or subscribe closes the connection.
+    let mut c3 = h.client(V3, "c3").await;
+    c3.send(publish("deny/x", b"x", QoS::AtLeastOnce, false, Some(1)))
+        .await;
+    assert!(c3.expect_closed().await.is_empty());
+    let mut c3 = h.client(V3, "c3").await;
+    let pid = c3.pid();
+    c3.send(Packet::Subscribe(thingd_mqtt::Subscribe {
+        packet_id: pid,
+        filters: vec![(ByteStr::from("secret/x"), SubscriptionOptions::default())],
+        properties: Properties::default(),
+    }))
+    .await;
+    assert!(c3.expect_closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn session_expiry_and_will_at_expiry() {
+    let h = Harness::new();
+    let mut watcher = h.client(V5, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtMostOnce).await;
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V5, "short", false);
+    p.properties.session_expiry_interval = Some(2);
+    let mut w = will("wills/short", b"expired", QoS::AtMostOnce, false);
+    w.properties.will_delay_interval = Some(100);
+    p.will = Some(w);
+    c.connect(p).await;
+    c.subscribe("x", QoS::AtLeastOnce).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.store.sessions().expect("sessions").len(), 1);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    tokio::time::resume();
+    // The will fires with the session's end, before its 100 s delay.
+    assert_eq!(&watcher.receive().await.payload[..], b"expired");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_c, ack) = h.persistent(V5, "short").await;
+    assert!(!ack.session_present);
+}
+
+#[tokio::test]
+async fn crash_restore_treats_live_sessions_as_disconnected() {
+    let h = Harness::new();
+    let (mut s, _) = h.persistent(V3, "crashy").await;
+    s.subscribe("c/#", QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rec = h.store.sessions().expect("sessions");
+    assert_eq!(rec[0].disconnected_at, None);
+    // A second broker on the same file, as after kill -9 (the first one never closed).
+    let b2 = thingd_broker::Broker::new(
+        thingd_broker::BrokerConfig::default(),
+        h.store.clone(),
+        std::sync::Arc::new(thingd_broker::AllowAll),
+    )
+    .expect("broker");
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let info = thingd_broker::ConnectionInfo {
+        remote_addr: "127.0.0.1:1".parse().expect("addr"),
+        principal: None,
+        listener: "test",
+    };
+    tokio::spawn(async move { b2.serve_connection(server, info).await });
+    let mut c2 = Client::from_stream(client);
+    let ack = c2.connect(connect_packet(V3, "crashy", false)).await;
+    assert!(ack.session_present);
+}
+
+#[tokio::test]
+async fn garbage_input_never_panics() {
+    use rand::{Rng, SeedableRng};
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for i in 0..300 {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let info = thingd_broker::ConnectionInfo {
+            remote_addr: "127.0.0.1:1".parse().expect("addr"),
+            principal: None,
+            listener: "test",
+        };
+        let mut bytes = Vec::new();
+        if i % 2 == 0 {
+            // A valid CONNECT first, then garbage.
+            let mut out = bytes::BytesMut::new();
+            let version = if i % 4 == 0 { V3 } else { V5 };
+            thingd_mqtt::encode(
+                &Packet::Connect(Box::new(connect_packet(version, &format!("g{i}"), true))),
+                version,
+                &mut out,
+            )
+            .expect("encode");
+            bytes.extend_from_slice(&out);
+        }
+        let n = rng.random_range(0..300);
+        bytes.extend((0..n).map(|_| rng.random::<u8>()));
+        client.write_all(&bytes).await.expect("write");
+        drop(client);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            h.broker.serve_connection(server, info),
+        )
+        .await
+        .expect("connection ends");
+    }
+    // The broker still works.
+    let mut s = h.client(V5, "after").await;
+    s.subscribe("ok", QoS::AtMostOnce).await;
+    s.publish("ok", b"fine", QoS::AtMostOnce, false).await;
+    assert_eq!(&s.receive().await.payload[..], b"fine");
+}
+
+#[tokio::test]
+async fn slow_consumer_never_blocks_publisher() {
+    let config = thingd_broker::BrokerConfig {
+        outbound_queue: 4,
+        ..thingd_broker::BrokerConfig::default()
+    };
+    let h = Harness::with_config(config);
+    let (a, b) = tokio::io::duplex(512);
+    let info = thingd_broker::ConnectionInfo {
+        remote_addr: "127.0.0.1:1".parse().expect("addr"),
+        principal: None,
+        listener: "test",
+    };
+    let broker = h.broker.clone();
+    tokio::spawn(async move { broker.serve_connection(b, info).await });
+    let mut sub = Client::from_stream(a);
+    sub.connect(connect_packet(V5, "slow", true)).await;
+    sub.subscribe("s0", QoS::AtMostOnce).await;
+    sub.subscribe("s1", QoS::AtLeastOnce).await;
+    let mut p = h.client(V5, "fast").await;
+    let big = [7u8; 200];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        for _ in 0..50 {
+            p.publish("s0", &big, QoS::AtMostOnce, false).await;
+        }
+        for _ in 0..20 {
+            p.publish("s1", &big, QoS::AtLeastOnce, false).await;
+        }
+    })
+    .await
+    .expect("publisher is not blocked by the slow subscriber");
+    let (mut q0, mut q1) = (0, 0);
+    while let Ok(Some(Packet::Publish(m))) = sub.try_recv(Duration::from_millis(300)).await {
+        if m.qos == QoS::AtLeastOnce {
+            q1 += 1;
+            sub.send(ack(PubRespKind::PubAck, m.packet_id.unwrap_or(0)))
+                .await;
+        } else {
+            q0 += 1;
+        }
+    }
+    assert_eq!(q1, 20, "QoS 1 is queued, not dropped");
+    assert!(q0 < 50, "some QoS 0 messages were dropped ({q0})");
+}
