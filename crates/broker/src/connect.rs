@@ -219,7 +219,9 @@ async fn accept(
             "client id too long",
         ));
     }
-    if assigned.is_none() && client_id.starts_with('$') {
+    // `$` client ids are reserved for the server's own in-process clients, so no device can
+    // take one of them over.
+    if assigned.is_none() && client_id.starts_with('$') && info.listener != "internal" {
         return Err(refuse(
             ReasonCode::ClientIdentifierNotValid,
             "client ids starting with $ are reserved",
@@ -253,7 +255,18 @@ async fn accept(
     // Authorization.
     let policy = match internal {
         Some(p) => p,
-        None => match shared.authorizer.connect(info, &client_id) {
+        None => match shared.authorizer.connect(
+            info,
+            &crate::ConnectRequest {
+                client_id: &client_id,
+                persistent_session: if v5 {
+                    c.properties.session_expiry_interval.unwrap_or(0) > 0
+                } else {
+                    !c.clean_start
+                },
+                last_will: c.will.is_some(),
+            },
+        ) {
             Ok(p) => p,
             Err(code) => {
                 return Err(if v5 {
@@ -378,7 +391,17 @@ async fn accept(
         keep_alive,
         "client connected"
     );
+    if !internal_conn {
+        let _ = shared.events.send(crate::BrokerEvent::Connected {
+            client_id: client_id.clone(),
+            principal: info.principal.as_deref().map(Arc::from),
+            remote_addr: info.remote_addr,
+            connection_id: conn_id,
+        });
+    }
     let conn = Conn {
+        principal: info.principal.as_deref().map(Arc::from),
+        internal: internal_conn,
         shared: shared.clone(),
         cell: attached.cell,
         client_id,

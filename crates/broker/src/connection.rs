@@ -37,8 +37,10 @@ pub(crate) struct PendingAck {
 enum End {
     /// DISCONNECT from the client: no will.
     Normal,
-    /// DISCONNECT 0x04 from the client, socket loss, or EOF: the will is published.
+    /// DISCONNECT 0x04 from the client: the will is published.
     WithWill,
+    /// Socket loss or EOF without DISCONNECT: the will is published.
+    Lost,
     /// A protocol violation or limit: v5 DISCONNECT with the reason, then close; will published.
     Violation(ReasonCode, &'static str),
     /// Closed by the server (administrative action, shutdown); will published.
@@ -47,11 +49,29 @@ enum End {
     TakenOver,
 }
 
+/// The lifecycle-event cause of how a connection ended.
+fn disconnect_cause(end: &End) -> crate::DisconnectCause {
+    use crate::DisconnectCause as C;
+    match end {
+        End::Normal | End::WithWill => C::ClientInitiated,
+        End::Lost => C::ConnectionLost,
+        End::TakenOver => C::DuplicateClientId,
+        End::Violation(ReasonCode::KeepAliveTimeout, _) => C::KeepAliveTimeout,
+        End::Violation(ReasonCode::NotAuthorized, _) => C::AuthError,
+        End::Violation(..) => C::ClientError,
+        End::Server(_) => C::ServerInitiated,
+    }
+}
+
 /// The state of one accepted connection.
 pub(crate) struct Conn {
     pub(crate) shared: Arc<Shared>,
     pub(crate) cell: Arc<SessionCell>,
     pub(crate) client_id: Arc<str>,
+    /// The certificate id the connection authenticated with, for events.
+    pub(crate) principal: Option<Arc<str>>,
+    /// In-process clients raise no events.
+    pub(crate) internal: bool,
     pub(crate) conn_id: u64,
     pub(crate) version: ProtocolVersion,
     pub(crate) policy: Arc<dyn ConnectionPolicy>,
@@ -124,7 +144,7 @@ pub(crate) async fn serve<S>(
             conn.wbuf.clear();
             match res {
                 Ok(Ok(())) => metrics::bytes_out(n),
-                _ => break End::WithWill,
+                _ => break End::Lost,
             }
         }
         let can_read = conn.acks.len() < read_limit;
@@ -155,7 +175,7 @@ pub(crate) async fn serve<S>(
                 break End::TakenOver;
             }
             Event::Ctrl(Some(Control::Close(rc))) => break End::Server(rc),
-            Event::Read(Ok(0)) | Event::Read(Err(_)) => break End::WithWill,
+            Event::Read(Ok(0)) | Event::Read(Err(_)) => break End::Lost,
             Event::Read(Ok(n)) => {
                 metrics::bytes_in(n);
                 deadline = ka.map(|d| Instant::now() + d);
@@ -583,6 +603,14 @@ impl Conn {
                     .push(thingd_store::WriteOp::PutSession(session_record(&s, None)));
             }
         }
+        let granted: Vec<String> = sub
+            .filters
+            .iter()
+            .zip(&reasons)
+            .filter(|(_, r)| !r.is_error())
+            .map(|((f, _), _)| f.to_string())
+            .collect();
+        self.raise_subscription_event(true, granted);
         self.write(&Packet::SubAck(SubAck {
             packet_id: sub.packet_id,
             reasons,
@@ -609,6 +637,31 @@ impl Conn {
         fx.detached.append(&mut fx.durable);
         drop(self.shared.commit(fx));
         Ok(())
+    }
+
+    /// Reports granted or removed filters to event subscribers.
+    fn raise_subscription_event(&self, subscribed: bool, filters: Vec<String>) {
+        if self.internal || filters.is_empty() {
+            return;
+        }
+        let (client_id, principal, connection_id) =
+            (self.client_id.clone(), self.principal.clone(), self.conn_id);
+        let event = if subscribed {
+            crate::BrokerEvent::Subscribed {
+                client_id,
+                principal,
+                connection_id,
+                filters,
+            }
+        } else {
+            crate::BrokerEvent::Unsubscribed {
+                client_id,
+                principal,
+                connection_id,
+                filters,
+            }
+        };
+        let _ = self.shared.events.send(event);
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), End> {
@@ -641,6 +694,14 @@ impl Conn {
                     .push(thingd_store::WriteOp::PutSession(session_record(&s, None)));
             }
         }
+        let removed: Vec<String> = u
+            .filters
+            .iter()
+            .zip(&reasons)
+            .filter(|(_, r)| **r == ReasonCode::Success)
+            .map(|(f, _)| f.to_string())
+            .collect();
+        self.raise_subscription_event(false, removed);
         self.write(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,
@@ -679,7 +740,7 @@ impl Conn {
             }
             End::Server(rc) => Some((*rc, None)),
             End::TakenOver => Some((ReasonCode::SessionTakenOver, None)),
-            End::Normal | End::WithWill => None,
+            End::Normal | End::WithWill | End::Lost => None,
         };
         // Acks already decided go out first (best effort).
         let _ = self.flush_acks();
@@ -708,6 +769,14 @@ impl Conn {
         let wills = self.shared.detach(&self.cell, self.conn_id, with_will);
         self.shared.publish_wills(wills);
         metrics::connection_closed();
+        if !self.internal {
+            let _ = self.shared.events.send(crate::BrokerEvent::Disconnected {
+                client_id: self.client_id.clone(),
+                principal: self.principal.clone(),
+                connection_id: self.conn_id,
+                cause: disconnect_cause(&end),
+            });
+        }
         tracing::info!(client_id = %self.client_id, reason = ?end, "client disconnected");
     }
 }

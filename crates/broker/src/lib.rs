@@ -50,6 +50,7 @@ mod broker;
 mod config;
 mod connect;
 mod connection;
+mod events;
 mod internal;
 mod message;
 mod metrics;
@@ -65,6 +66,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use events::{BrokerEvent, DisconnectCause};
 pub use internal::{ClientError, InternalClient, Message};
 
 /// Broker settings. `Default` gives AWS IoT Core's limits where AWS has one.
@@ -130,6 +132,17 @@ pub trait ConnectionPolicy: Send + Sync + 'static {
     fn can_receive(&self, topic: &str) -> bool;
 }
 
+/// What a CONNECT asks for, as far as authorization is concerned.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectRequest<'a> {
+    /// The client id (assigned, if the client sent none).
+    pub client_id: &'a str,
+    /// The session outlives the connection (3.1.1 clean session 0; v5 Session Expiry > 0).
+    pub persistent_session: bool,
+    /// CONNECT carries a Will.
+    pub last_will: bool,
+}
+
 /// Decides who may connect, and builds the per-connection policy.
 pub trait Authorizer: Send + Sync + 'static {
     /// Called after CONNECT is decoded. `Err` carries the reason code for a v5 CONNACK
@@ -137,7 +150,7 @@ pub trait Authorizer: Send + Sync + 'static {
     fn connect(
         &self,
         info: &ConnectionInfo,
-        client_id: &str,
+        request: &ConnectRequest<'_>,
     ) -> Result<Arc<dyn ConnectionPolicy>, thingd_mqtt::ReasonCode>;
 }
 
@@ -160,7 +173,7 @@ impl Authorizer for AllowAll {
     fn connect(
         &self,
         _info: &ConnectionInfo,
-        _client_id: &str,
+        _request: &ConnectRequest<'_>,
     ) -> Result<Arc<dyn ConnectionPolicy>, thingd_mqtt::ReasonCode> {
         Ok(Arc::new(AllowAll))
     }
@@ -195,6 +208,12 @@ impl Broker {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         connection::serve(self.shared.clone(), stream, info, None).await;
+    }
+
+    /// Connection and subscription events from now on. A receiver that falls more than 4096
+    /// events behind loses the oldest (`RecvError::Lagged`).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<BrokerEvent> {
+        self.shared.events.subscribe()
     }
 
     /// Closes every live connection whose principal is `principal` (v5: DISCONNECT 0x98

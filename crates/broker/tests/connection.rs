@@ -916,9 +916,9 @@ impl thingd_broker::Authorizer for TestAuth {
     fn connect(
         &self,
         _info: &thingd_broker::ConnectionInfo,
-        client_id: &str,
+        request: &thingd_broker::ConnectRequest<'_>,
     ) -> Result<std::sync::Arc<dyn thingd_broker::ConnectionPolicy>, ReasonCode> {
-        match client_id {
+        match request.client_id {
             "banned" => Err(ReasonCode::NotAuthorized),
             "busy" => Err(ReasonCode::ServerBusy),
             _ => Ok(std::sync::Arc::new(TestPolicy)),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use thingd_auth::CertificateRegistry;
-use thingd_broker::{AllowAll, Authorizer, ConnectionInfo, ConnectionPolicy};
+use thingd_broker::{AllowAll, Authorizer, ConnectRequest, ConnectionInfo, ConnectionPolicy};
 use thingd_model::{CertificateId, CertificateStatus};
 use thingd_mqtt::ReasonCode;
 
@@ -26,8 +26,9 @@ impl Authorizer for CertificateAuthorizer {
     fn connect(
         &self,
         info: &ConnectionInfo,
-        client_id: &str,
+        request: &ConnectRequest<'_>,
     ) -> Result<Arc<dyn ConnectionPolicy>, ReasonCode> {
+        let client_id = request.client_id;
         if let Some(principal) = &info.principal {
             let status = CertificateId::parse(principal).and_then(|id| self.registry.status(&id));
             if status != Some(CertificateStatus::Active) {
@@ -40,6 +41,6 @@ impl Authorizer for CertificateAuthorizer {
                 return Err(ReasonCode::NotAuthorized);
             }
         }
-        AllowAll.connect(info, client_id)
+        AllowAll.connect(info, request)
     }
 }

@@ -10,12 +10,14 @@
 //! - `config`: `Config` and its defaults.
 //! - `server`: `Server::start`, `RunningServer`, shutdown.
 //! - `authorize`: the authorizer that admits only ACTIVE certificates.
+//! - `lifecycle`: AWS lifecycle events published from the broker's connection events.
 //! - `metrics_http`: the Prometheus recorder and the `/metrics` route.
 //! - `cli`: the `thingd` command line (serve, cert ...).
 
 pub mod authorize;
 pub mod cli;
 pub mod config;
+pub mod lifecycle;
 pub mod metrics_http;
 pub mod server;
 

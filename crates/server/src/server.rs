@@ -88,6 +88,8 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
+        tasks.spawn(crate::lifecycle::start(&broker, shutdown.clone()));
+
         let mut running = RunningServer {
             mqtts: None,
             https: None,
