@@ -347,6 +347,15 @@ impl Conn {
         if let Err(why) = reserved::check_publish_topic(&topic, &cfg.topic_limits()) {
             return Err(End::Violation(ReasonCode::TopicNameInvalid, why));
         }
+        // MQTT-3.3.2-14: a Response Topic is a topic name, never a filter.
+        if let Some(response_topic) = &p.properties.response_topic
+            && (response_topic.is_empty() || response_topic.contains(['+', '#']))
+        {
+            return Err(End::Violation(
+                ReasonCode::ProtocolError,
+                "response topic must be a topic name",
+            ));
+        }
         if p.payload.len() > cfg.max_payload {
             return Err(End::Violation(
                 ReasonCode::PacketTooLarge,

@@ -25,7 +25,10 @@ pub(super) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<Disconne
     Ok(Disconnect { reason, properties })
 }
 
-/// Writes the body of a DISCONNECT, in its shortest form.
+/// Writes the body of a DISCONNECT: nothing for a normal disconnection without properties,
+/// otherwise the reason code and the property length (even when it is 0). The one-byte form
+/// (reason code only) is valid MQTT 5, but some widely used clients (rumqttc 0.25) cannot
+/// parse it and would never see the reason, so it is decoded but never written.
 pub(super) fn write(
     sink: &mut impl Sink,
     d: &Disconnect,
@@ -33,11 +36,8 @@ pub(super) fn write(
 ) -> Result<(), EncodeError> {
     if version == ProtocolVersion::V5 {
         check_reason(d.reason, reason_codes::DISCONNECT)?;
-        let no_properties = d.properties.is_empty();
-        if d.reason != ReasonCode::NORMAL_DISCONNECTION || !no_properties {
+        if d.reason != ReasonCode::NORMAL_DISCONNECTION || !d.properties.is_empty() {
             sink.write_u8(d.reason as u8);
-        }
-        if !no_properties {
             write_properties(sink, &d.properties, PropertyContext::Disconnect)?;
         }
     }

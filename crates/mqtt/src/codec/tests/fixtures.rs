@@ -465,7 +465,10 @@ fn disconnect() {
     };
     check(V311, "e0 00", plain(ReasonCode::NORMAL_DISCONNECTION));
     check(V5, "e0 00", plain(ReasonCode::NORMAL_DISCONNECTION));
-    check(V5, "e0 01 04", plain(ReasonCode::DisconnectWithWill));
+    // A reason without properties is written with a property length of 0 (rumqttc cannot
+    // read the one-byte form), and the one-byte form is still read.
+    check(V5, "e0 02 04 00", plain(ReasonCode::DisconnectWithWill));
+    check_decode_only(V5, "e0 01 8e", plain(ReasonCode::SessionTakenOver));
     check(
         V5,
         "e0 06 8e 04 1f 00 01 78",
