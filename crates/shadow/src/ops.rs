@@ -1,0 +1,258 @@
+//! The three shadow operations as pure functions of (stored shadow, request, clock).
+
+use serde_json::{Map, Value};
+
+use crate::document::{ShadowLimits, StoredShadow};
+use crate::error::ShadowError;
+use crate::json;
+use crate::name::ShadowId;
+use crate::request::{SectionPatch, UpdateRequest};
+
+/// What an accepted update produces: the shadow to persist and the payloads to publish.
+///
+/// Persist `shadow` (with `UPDATE ... WHERE version = <previous>` or equivalent) before
+/// publishing anything; then publish `accepted`, `delta` (if any) and `documents` to
+/// `update/accepted`, `update/delta` and `update/documents`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateOutcome {
+    /// The new stored shadow.
+    pub shadow: StoredShadow,
+    /// `update/accepted`: the request's state as sent, metadata for the written leaves,
+    /// `version`, `timestamp`, `clientToken` if sent. Also the HTTP UpdateThingShadow body.
+    pub accepted: Vec<u8>,
+    /// `update/delta`, when the delta is non-empty and this update concerned it (see
+    /// [`handle_update`]).
+    pub delta: Option<Vec<u8>>,
+    /// `update/documents`: `previous` (absent when the shadow did not exist), `current`,
+    /// `timestamp`, `clientToken` if sent.
+    pub documents: Vec<u8>,
+    /// The request's `clientToken`, if it sent one.
+    pub client_token: Option<String>,
+}
+
+/// What an accepted delete produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteOutcome {
+    /// The tombstone to persist in place of the shadow: empty state, same version,
+    /// `deleted_at` = now.
+    pub tombstone: StoredShadow,
+    /// `delete/accepted`: `{"version":..,"timestamp":..,"clientToken":..?}`. Without a token
+    /// it is also the HTTP DeleteThingShadow body.
+    pub accepted: Vec<u8>,
+}
+
+fn object(entries: Vec<(&str, Value)>) -> Map<String, Value> {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
+fn put_token(out: &mut Map<String, Value>, client_token: Option<&str>) {
+    if let Some(token) = client_token {
+        out.insert("clientToken".to_owned(), Value::from(token));
+    }
+}
+
+fn live(current: Option<&StoredShadow>) -> Option<&StoredShadow> {
+    current.filter(|s| !s.is_deleted())
+}
+
+fn apply_section(
+    state: &mut Map<String, Value>,
+    meta: &mut Map<String, Value>,
+    patch: &SectionPatch,
+    now: i64,
+) {
+    match patch {
+        SectionPatch::Keep => {}
+        SectionPatch::Clear => {
+            state.clear();
+            meta.clear();
+        }
+        SectionPatch::Merge(p) => json::merge(state, meta, p, now),
+    }
+}
+
+fn section_touches(delta: &Map<String, Value>, patch: &SectionPatch) -> bool {
+    match patch {
+        SectionPatch::Keep => false,
+        SectionPatch::Clear => true,
+        SectionPatch::Merge(p) => json::touches(delta, p),
+    }
+}
+
+/// Applies an update request (the raw payload of `<P>/update` or of HTTP UpdateThingShadow)
+/// to `current` (the stored shadow or tombstone, `None` if there is none).
+///
+/// Validation, in order: request size (413), UTF-8 (415), JSON (400 `Invalid JSON`; also for
+/// a non-object root and for `null` inside arrays), `clientToken` (400), `version` (400),
+/// `state` presence and shape (400), nesting depth (400), then the version lock (409
+/// `Version conflict`: a `version` must equal the current version, where a shadow that does
+/// not exist has version 0, or the version of its tombstone within the retention window), and
+/// the size of the resulting document (413). Unknown top-level fields are ignored.
+///
+/// Semantics: `null` removes a key and its metadata, objects merge recursively, arrays and
+/// scalars replace whole (also across type changes), objects left empty disappear, a `null`
+/// section clears it, `"state": null` clears both; every accepted update bumps the version,
+/// even if nothing changed. Written leaves get `{"timestamp": now}`.
+///
+/// The delta is published when the resulting delta is non-empty and this update concerned
+/// it: the delta changed, or the request wrote (in `desired` or `reported`) a path inside the
+/// delta, or cleared a whole section. A `reported` write that leaves an unrelated pending
+/// delta untouched does not re-publish it.
+pub fn handle_update(
+    current: Option<&StoredShadow>,
+    request_payload: &[u8],
+    now_epoch_secs: i64,
+    limits: &ShadowLimits,
+) -> Result<UpdateOutcome, ShadowError> {
+    let request = UpdateRequest::parse(request_payload, limits)?;
+    let token = request.client_token.as_deref();
+    let base_version = StoredShadow::base_version(current, now_epoch_secs, limits);
+    if request.version.is_some_and(|v| v != base_version) {
+        return Err(ShadowError::version_conflict().with_client_token(token));
+    }
+    let new_version = base_version
+        .checked_add(1)
+        .ok_or_else(|| ShadowError::internal().with_client_token(token))?;
+
+    let previous = live(current);
+    let mut shadow = previous.cloned().unwrap_or(StoredShadow {
+        state: Default::default(),
+        metadata: Default::default(),
+        version: 0,
+        deleted_at: None,
+    });
+    apply_section(
+        &mut shadow.state.desired,
+        &mut shadow.metadata.desired,
+        &request.desired,
+        now_epoch_secs,
+    );
+    apply_section(
+        &mut shadow.state.reported,
+        &mut shadow.metadata.reported,
+        &request.reported,
+        now_epoch_secs,
+    );
+    shadow.version = new_version;
+    if shadow.document_size() > limits.max_document_bytes {
+        return Err(ShadowError::payload_too_large().with_client_token(token));
+    }
+
+    // update/accepted
+    let mut accepted = Map::new();
+    put_token(&mut accepted, token);
+    accepted.insert("state".to_owned(), request.state.clone());
+    if request.state.is_object() {
+        accepted.insert(
+            "metadata".to_owned(),
+            json::metadata_for(&request.state, now_epoch_secs),
+        );
+    }
+    accepted.insert("timestamp".to_owned(), Value::from(now_epoch_secs));
+    accepted.insert("version".to_owned(), Value::from(new_version));
+
+    // update/delta
+    let new_delta = shadow.delta();
+    let old_delta = previous.map(StoredShadow::delta).unwrap_or_default();
+    let concerned = new_delta != old_delta
+        || section_touches(&new_delta, &request.desired)
+        || section_touches(&new_delta, &request.reported);
+    let delta = (!new_delta.is_empty() && concerned).then(|| {
+        let metadata = json::delta_metadata(&new_delta, &shadow.metadata.desired);
+        let mut out = object(vec![
+            ("state", Value::Object(new_delta)),
+            ("metadata", Value::Object(metadata)),
+            ("timestamp", Value::from(now_epoch_secs)),
+            ("version", Value::from(new_version)),
+        ]);
+        put_token(&mut out, token);
+        crate::to_json_bytes(&Value::Object(out))
+    });
+
+    // update/documents
+    let mut documents = Map::new();
+    if let Some(prev) = previous {
+        documents.insert("previous".to_owned(), prev.document_value());
+    }
+    documents.insert("current".to_owned(), shadow.document_value());
+    documents.insert("timestamp".to_owned(), Value::from(now_epoch_secs));
+    put_token(&mut documents, token);
+
+    Ok(UpdateOutcome {
+        accepted: crate::to_json_bytes(&Value::Object(accepted)),
+        delta,
+        documents: crate::to_json_bytes(&Value::Object(documents)),
+        client_token: request.client_token,
+        shadow,
+    })
+}
+
+/// Answers a get request: the `get/accepted` payload (also the HTTP GetThingShadow body when
+/// `client_token` is `None`), or 404 `No shadow exists with name: '<name>'` when there is no
+/// shadow or only a tombstone.
+///
+/// The payload is `{"clientToken"?,"state":{"desired"?,"reported"?,"delta"?},
+/// "metadata":{"desired"?,"reported"?},"version","timestamp"}`; `delta` appears only when
+/// non-empty, and there is no `metadata.delta` (as Greengrass; the cloud is unconfirmed).
+pub fn handle_get(
+    id: &ShadowId,
+    current: Option<&StoredShadow>,
+    client_token: Option<&str>,
+    now_epoch_secs: i64,
+) -> Result<Vec<u8>, ShadowError> {
+    let Some(shadow) = live(current) else {
+        return Err(ShadowError::no_shadow(id.not_found_name()).with_client_token(client_token));
+    };
+    let mut state = match shadow.state.to_value() {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let delta = shadow.delta();
+    if !delta.is_empty() {
+        state.insert("delta".to_owned(), Value::Object(delta));
+    }
+    let mut out = Map::new();
+    put_token(&mut out, client_token);
+    out.insert("state".to_owned(), Value::Object(state));
+    out.insert("metadata".to_owned(), shadow.metadata.to_value());
+    out.insert("timestamp".to_owned(), Value::from(now_epoch_secs));
+    out.insert("version".to_owned(), Value::from(shadow.version));
+    Ok(crate::to_json_bytes(&Value::Object(out)))
+}
+
+/// Answers a delete request: 404 `No shadow exists with name: '<name>'` when there is no live
+/// shadow, 409 `Version conflict` when `expected_version` is given and differs, otherwise the
+/// tombstone to persist and the `delete/accepted` payload, which carries the deleted
+/// document's version (a delete does not bump it). Nothing is published on `update/*`.
+pub fn handle_delete(
+    id: &ShadowId,
+    current: Option<&StoredShadow>,
+    client_token: Option<&str>,
+    expected_version: Option<u64>,
+    now_epoch_secs: i64,
+) -> Result<DeleteOutcome, ShadowError> {
+    let Some(shadow) = live(current) else {
+        return Err(ShadowError::no_shadow(id.not_found_name()).with_client_token(client_token));
+    };
+    if expected_version.is_some_and(|v| v != shadow.version) {
+        return Err(ShadowError::version_conflict().with_client_token(client_token));
+    }
+    let tombstone = StoredShadow {
+        state: Default::default(),
+        metadata: Default::default(),
+        version: shadow.version,
+        deleted_at: Some(now_epoch_secs),
+    };
+    let mut out = object(vec![
+        ("version", Value::from(shadow.version)),
+        ("timestamp", Value::from(now_epoch_secs)),
+    ]);
+    put_token(&mut out, client_token);
+    Ok(DeleteOutcome {
+        tombstone,
+        accepted: crate::to_json_bytes(&Value::Object(out)),
+    })
+}
