@@ -1,46 +1,267 @@
-//! Who may connect, for now: a connection over TLS must present a registered certificate whose
-//! status is ACTIVE (the TLS verifier already checked it; this re-checks at CONNECT to close
-//! the window between handshake and CONNECT). Once admitted, everything is allowed; IoT
-//! policies replace `AllowAll` here when they arrive.
+//! Who may do what: IoT policies, enforced on every CONNECT, PUBLISH, SUBSCRIBE and delivery.
+//!
+//! A connection over TLS is the certificate it presented. At CONNECT the certificate must be
+//! ACTIVE and its policies (those attached to the certificate, plus those attached to the
+//! thing groups of its thing) must allow `iot:Connect` on `client/<clientId>`. The policies
+//! are compiled once per connection with its variables (client id, thing, certificate
+//! fields, source address, connect attributes) and cached per topic by
+//! `thingd_policy::ConnectionAuthorizer`. When anything in the registry that decisions depend
+//! on changes, the registry revision moves; every connection then recompiles before its next
+//! decision, so a detached policy stops the very next publish.
+//!
+//! Connections without a certificate come only from the development plain-TCP listener and
+//! are allowed everything.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::{Mutex, RwLock};
 use thingd_auth::CertificateRegistry;
 use thingd_broker::{AllowAll, Authorizer, ConnectRequest, ConnectionInfo, ConnectionPolicy};
 use thingd_model::{CertificateId, CertificateStatus};
 use thingd_mqtt::ReasonCode;
+use thingd_policy::{
+    Arns, ConnectAttributes, ConnectionAuthorizer, PolicyDocument, PolicySet, ThingContext,
+    Variables,
+};
+use thingd_store::registry::security::{attachments, principals};
+use thingd_store::{Store, StoreError};
 
-/// Admits connections whose certificate is ACTIVE, and plain (development) connections.
-pub struct CertificateAuthorizer {
-    registry: CertificateRegistry,
+/// Cached facts are dropped wholesale beyond this many (principal, client id) pairs.
+const MAX_CACHED_FACTS: usize = 100_000;
+
+/// The policy authorizer; cheap to clone.
+#[derive(Clone)]
+pub struct PolicyAuthorizer {
+    inner: Arc<Inner>,
 }
 
-impl CertificateAuthorizer {
-    /// An authorizer reading statuses from `registry`.
-    pub fn new(registry: CertificateRegistry) -> Self {
-        CertificateAuthorizer { registry }
+struct Inner {
+    store: Store,
+    registry: CertificateRegistry,
+    arns: Arns,
+    /// Moves whenever the registry revision moves; connections compiled under an older
+    /// generation recompile.
+    generation: AtomicU64,
+    /// What the registry says about a (certificate id, client id) pair.
+    facts: Mutex<HashMap<(String, String), Arc<Facts>>>,
+}
+
+/// Registry facts for one certificate connecting as one client id.
+struct Facts {
+    policies: PolicySet,
+    thing: Option<ThingContext>,
+    certificate: Option<thingd_policy::CertificateContext>,
+}
+
+impl PolicyAuthorizer {
+    /// An authorizer reading the registry from `store`, with ARNs in `region`/`account`.
+    pub fn new(store: Store, registry: CertificateRegistry, region: &str, account: &str) -> Self {
+        PolicyAuthorizer {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                arns: Arns::new(region, account),
+                generation: AtomicU64::new(0),
+                facts: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Tells the authorizer the registry changed: every connection recompiles before its next
+    /// decision.
+    pub fn registry_changed(&self) {
+        self.inner.facts.lock().clear();
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-impl Authorizer for CertificateAuthorizer {
+impl Inner {
+    /// Loads (or takes from the cache) the facts for a certificate and client id. Blocking,
+    /// but only on a cache miss: once per connection identity per registry change.
+    fn facts(&self, certificate_id: &str, client_id: &str) -> Result<Arc<Facts>, StoreError> {
+        let key = (certificate_id.to_owned(), client_id.to_owned());
+        if let Some(found) = self.facts.lock().get(&key) {
+            return Ok(found.clone());
+        }
+        let cert_arn = self.arns.cert(certificate_id);
+        let group_arn = |group: &str| {
+            format!(
+                "arn:aws:iot:{}:{}:thinggroup/{group}",
+                self.arns.region(),
+                self.arns.account()
+            )
+        };
+        let (documents, thing) = self.store.read(|conn| {
+            let things = principals::things_of_principal(conn, &cert_arn)?;
+            // Exclusive association: the certificate's one thing, whatever the client id.
+            // Otherwise the thing named by the client id, if it is attached.
+            let thing_name = things
+                .iter()
+                .find(|(_, kind)| kind == "EXCLUSIVE_THING")
+                .or_else(|| things.iter().find(|(name, _)| name == client_id))
+                .map(|(name, _)| name.clone());
+            let thing = match &thing_name {
+                Some(name) => {
+                    principals::thing_for_name(conn, name)?.map(|(type_name, attributes)| {
+                        ThingContext {
+                            name: name.clone(),
+                            type_name,
+                            attributes,
+                        }
+                    })
+                }
+                None => None,
+            };
+            let documents = attachments::effective_policies(
+                conn,
+                Some(&cert_arn),
+                thing_name.as_deref(),
+                group_arn,
+            )?;
+            Ok((documents, thing))
+        })?;
+        let mut policies = PolicySet::new();
+        for (name, text) in documents {
+            match PolicyDocument::parse(&text) {
+                Ok(document) => policies.push(name, Arc::new(document)),
+                Err(error) => {
+                    tracing::warn!(policy = name, %error, "stored policy does not parse; ignored")
+                }
+            }
+        }
+        let certificate = CertificateId::parse(certificate_id)
+            .and_then(|id| self.store.certificate(&id).ok().flatten())
+            .and_then(|record| thingd_auth::certificate_context(&record.pem));
+        let facts = Arc::new(Facts {
+            policies,
+            thing,
+            certificate,
+        });
+        let mut cache = self.facts.lock();
+        if cache.len() >= MAX_CACHED_FACTS {
+            cache.clear();
+        }
+        cache.insert(key, facts.clone());
+        Ok(facts)
+    }
+}
+
+/// What a connection was compiled from, to recompile it after a registry change.
+struct Identity {
+    certificate_id: String,
+    client_id: String,
+    source_ip: std::net::IpAddr,
+    attributes: ConnectAttributes,
+}
+
+impl Identity {
+    fn compile(&self, inner: &Inner) -> Result<ConnectionAuthorizer, StoreError> {
+        let facts = inner.facts(&self.certificate_id, &self.client_id)?;
+        let variables = Variables {
+            client_id: Some(self.client_id.clone()),
+            thing: facts.thing.clone(),
+            certificate_id: Some(self.certificate_id.clone()),
+            certificate: facts.certificate.clone(),
+            source_ip: Some(self.source_ip),
+            connect_attributes: self.attributes,
+        };
+        Ok(ConnectionAuthorizer::new(
+            facts.policies.compile(&inner.arns, &variables),
+        ))
+    }
+}
+
+/// A connection's compiled policies, recompiled when the registry generation moves.
+struct LivePolicy {
+    inner: Arc<Inner>,
+    identity: Identity,
+    compiled: RwLock<(u64, Arc<ConnectionAuthorizer>)>,
+}
+
+impl LivePolicy {
+    fn current(&self) -> Option<Arc<ConnectionAuthorizer>> {
+        let generation = self.inner.generation.load(Ordering::SeqCst);
+        {
+            let compiled = self.compiled.read();
+            if compiled.0 == generation {
+                return Some(compiled.1.clone());
+            }
+        }
+        match self.identity.compile(&self.inner) {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                *self.compiled.write() = (generation, fresh.clone());
+                Some(fresh)
+            }
+            Err(error) => {
+                // Fail closed: no decision can be made without the registry.
+                tracing::warn!(%error, client_id = self.identity.client_id, "cannot read the policies; denying");
+                None
+            }
+        }
+    }
+}
+
+impl ConnectionPolicy for LivePolicy {
+    fn can_publish(&self, topic: &str, retain: bool) -> bool {
+        self.current().is_some_and(|p| p.can_publish(topic, retain))
+    }
+    fn can_subscribe(&self, filter: &str) -> bool {
+        self.current().is_some_and(|p| p.can_subscribe(filter))
+    }
+    fn can_receive(&self, topic: &str) -> bool {
+        self.current().is_some_and(|p| p.can_receive(topic))
+    }
+}
+
+impl Authorizer for PolicyAuthorizer {
     fn connect(
         &self,
         info: &ConnectionInfo,
         request: &ConnectRequest<'_>,
     ) -> Result<Arc<dyn ConnectionPolicy>, ReasonCode> {
         let client_id = request.client_id;
-        if let Some(principal) = &info.principal {
-            let status = CertificateId::parse(principal).and_then(|id| self.registry.status(&id));
-            if status != Some(CertificateStatus::Active) {
-                tracing::debug!(
-                    client_id,
-                    principal,
-                    ?status,
-                    "connect refused: certificate not active"
-                );
-                return Err(ReasonCode::NotAuthorized);
-            }
+        let Some(principal) = &info.principal else {
+            return AllowAll.connect(info, request);
+        };
+        let status = CertificateId::parse(principal).and_then(|id| self.inner.registry.status(&id));
+        if status != Some(CertificateStatus::Active) {
+            tracing::debug!(
+                client_id,
+                principal,
+                ?status,
+                "connect refused: certificate not active"
+            );
+            return Err(ReasonCode::NotAuthorized);
         }
-        AllowAll.connect(info, request)
+        let identity = Identity {
+            certificate_id: principal.clone(),
+            client_id: client_id.to_owned(),
+            source_ip: info.remote_addr.ip().to_canonical(),
+            attributes: ConnectAttributes {
+                persistent_connect: request.persistent_session,
+                last_will: request.last_will,
+            },
+        };
+        let generation = self.inner.generation.load(Ordering::SeqCst);
+        let compiled = identity.compile(&self.inner).map_err(|error| {
+            tracing::warn!(%error, client_id, "cannot read the policies; refusing the connection");
+            ReasonCode::ServerUnavailable
+        })?;
+        if !compiled.can_connect(client_id) {
+            tracing::debug!(
+                client_id,
+                principal,
+                "connect refused: no policy allows iot:Connect"
+            );
+            return Err(ReasonCode::NotAuthorized);
+        }
+        Ok(Arc::new(LivePolicy {
+            inner: self.inner.clone(),
+            identity,
+            compiled: RwLock::new((generation, Arc::new(compiled))),
+        }))
     }
 }

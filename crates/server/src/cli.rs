@@ -96,6 +96,13 @@ pub enum CertCommand {
         /// Use an RSA-2048 key (as AWS's CreateKeysAndCertificate does) instead of ECDSA P-256.
         #[arg(long)]
         rsa: bool,
+        /// Attach this policy (which must exist) instead of the development policy.
+        #[arg(long, conflicts_with = "no_policy")]
+        policy: Option<String>,
+        /// Attach no policy: the certificate can then not even connect until one is attached
+        /// (IoT policies deny by default).
+        #[arg(long)]
+        no_policy: bool,
     },
     /// List registered certificates.
     List {
@@ -178,10 +185,20 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
             out,
             common_name,
             rsa,
+            policy,
+            no_policy,
         } => {
             let (config, store) = open(&data)?;
             let ca = CertificateAuthority::load_or_create(&config.pki_dir(), &[])?;
             let issued = ca.issue_and_register(&store, &common_name, rsa)?;
+            let attached = if no_policy {
+                None
+            } else {
+                let name = policy.unwrap_or_else(|| DEV_POLICY_NAME.to_owned());
+                let dev = name == DEV_POLICY_NAME;
+                attach_policy(&store, &config, &name, issued.id.as_str(), dev)?;
+                Some(name)
+            };
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
             write_file(
@@ -197,6 +214,17 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
             write_file(&out.join("root-ca.pem"), ca.root_pem().as_bytes(), 0o644)?;
             store.close();
             println!("certificate {} issued and ACTIVE", issued.id);
+            match attached {
+                Some(name) if name == DEV_POLICY_NAME => {
+                    println!(
+                        "  policy {name} attached: it allows every action on every resource (development only)"
+                    )
+                }
+                Some(name) => println!("  policy {name} attached"),
+                None => {
+                    println!("  no policy attached: the certificate cannot connect until one is")
+                }
+            }
             println!("  {}", out.join("certificate.pem.crt").display());
             println!("  {}", out.join("private.pem.key").display());
             println!("  {}", out.join("root-ca.pem").display());
@@ -232,6 +260,43 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The policy `thingd cert issue` attaches unless told otherwise.
+pub const DEV_POLICY_NAME: &str = "thingd-dev-allow-all";
+
+const DEV_POLICY_DOCUMENT: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
+
+/// Attaches policy `name` to the certificate, creating the development policy first if it
+/// is the one asked for and does not exist yet.
+fn attach_policy(
+    store: &Store,
+    config: &Config,
+    name: &str,
+    certificate_id: &str,
+    create_dev: bool,
+) -> anyhow::Result<()> {
+    use thingd_store::registry::security::{attachments, policies};
+    let target = format!(
+        "arn:aws:iot:{}:{}:cert/{certificate_id}",
+        config.region, config.account_id
+    );
+    let name = name.to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    runtime
+        .block_on(store.transact(move |conn| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default();
+            if create_dev && policies::get(conn, &name)?.is_none() {
+                policies::create(conn, &name, DEV_POLICY_DOCUMENT, now)?;
+            }
+            attachments::attach(conn, &name, &target, now)
+        }))
+        .with_context(|| "attaching the policy")?;
+    Ok(())
 }
 
 fn open(data: &DataDirArg) -> anyhow::Result<(Config, Store)> {

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::authorize::CertificateAuthorizer;
+use crate::authorize::PolicyAuthorizer;
 use crate::config::Config;
 use crate::metrics_http;
 
@@ -71,10 +71,16 @@ impl Server {
             .with_context(|| format!("opening {}", config.database_path().display()))?;
         let registry = CertificateRegistry::load(&store)?;
 
-        let authorizer = Arc::new(CertificateAuthorizer::new(registry.clone()));
+        let authorizer = PolicyAuthorizer::new(
+            store.clone(),
+            registry.clone(),
+            &config.region,
+            &config.account_id,
+        );
         let broker_config = config.limits.broker_config();
         let broker = {
             let store = store.clone();
+            let authorizer = Arc::new(authorizer.clone());
             tokio::task::spawn_blocking(move || Broker::new(broker_config, store, authorizer))
                 .await??
         };
@@ -210,8 +216,9 @@ impl Server {
             });
         }
 
-        tasks.spawn(watch_certificate_status(
+        tasks.spawn(watch_registry(
             registry,
+            authorizer,
             store.clone(),
             broker.clone(),
             shutdown.clone(),
@@ -249,20 +256,32 @@ async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({name})"))
 }
 
-/// Closes the connections of certificates that stopped being ACTIVE, within `STATUS_POLL`
-/// of the change being committed, whoever made it (this process or the CLI).
-async fn watch_certificate_status(
+/// Follows registry changes, whoever made them (the API, this process or the CLI): closes
+/// the connections of certificates that stopped being ACTIVE, and makes live connections
+/// recompile their policies when policies, attachments or things change — within
+/// `STATUS_POLL` of the commit.
+async fn watch_registry(
     registry: CertificateRegistry,
+    authorizer: PolicyAuthorizer,
     store: Store,
     broker: Broker,
     shutdown: CancellationToken,
 ) {
+    let mut seen_revision = None;
     let mut tick = tokio::time::interval(STATUS_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let store2 = store.clone();
+        let revision = tokio::task::spawn_blocking(move || store2.registry_revision()).await;
+        if let Ok(Ok(revision)) = revision {
+            if seen_revision.is_some_and(|seen| seen != revision) {
+                authorizer.registry_changed();
+            }
+            seen_revision = Some(revision);
         }
         let (registry2, store2) = (registry.clone(), store.clone());
         let changed = tokio::task::spawn_blocking(move || registry2.refresh(&store2)).await;
