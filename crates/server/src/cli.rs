@@ -29,6 +29,36 @@ pub enum Command {
     /// Manage device certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Set up devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+/// `thingd device ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Create a thing with its own certificate and a least-privilege policy, and write
+    /// certificate.pem.crt, private.pem.key, root-ca.pem, endpoint.txt and aws_certificate.h
+    /// (the three PEM texts as C string literals, for firmware).
+    Provision {
+        /// Data directory.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The thing name (also the MQTT client id the device must use).
+        thing_name: String,
+        /// Directory to write the files to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// The host name devices connect to (must be one of the server certificate's names).
+        #[arg(long, default_value = "localhost")]
+        endpoint: String,
+        /// The MQTT-over-TLS port devices connect to.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// Use an RSA-2048 key instead of ECDSA P-256.
+        #[arg(long)]
+        rsa: bool,
+    },
 }
 
 /// Where the data lives; shared by every command.
@@ -128,6 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Cert(command) => tokio::task::spawn_blocking(move || cert(command)).await?,
+        Command::Device(command) => tokio::task::spawn_blocking(move || device(command)).await?,
     }
 }
 
@@ -262,6 +293,26 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
     }
 }
 
+fn device(command: DeviceCommand) -> anyhow::Result<()> {
+    match command {
+        DeviceCommand::Provision { data, thing_name, out, endpoint, port, rsa } => {
+            let (mut config, store) = open(&data)?;
+            config.endpoint_names = vec![endpoint];
+            config.listeners.mqtts = Some(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
+            let ca = CertificateAuthority::load_or_create(&config.pki_dir(), &[])?;
+            let done = crate::provision::provision(&config, &store, &ca, &thing_name, &out, rsa)?;
+            store.close();
+            println!("thing {thing_name} provisioned");
+            println!("  certificate {} (ACTIVE)", done.certificate_id);
+            println!("  policy {} attached", done.policy_name);
+            for file in done.files {
+                println!("  {}", file.display());
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The policy `thingd cert issue` attaches unless told otherwise.
 pub const DEV_POLICY_NAME: &str = "thingd-dev-allow-all";
 
@@ -310,7 +361,7 @@ fn open(data: &DataDirArg) -> anyhow::Result<(Config, Store)> {
     Ok((config, store))
 }
 
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

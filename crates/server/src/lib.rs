@@ -12,13 +12,15 @@
 //! - `authorize`: the authorizer that admits only ACTIVE certificates.
 //! - `lifecycle`: AWS lifecycle events published from the broker's connection events.
 //! - `metrics_http`: the Prometheus recorder and the `/metrics` route.
-//! - `cli`: the `thingd` command line (serve, cert ...).
+//! - `provision`: `thingd device provision`, a device's thing, certificate, policy and files.
+//! - `cli`: the `thingd` command line (serve, cert, device ...).
 
 pub mod authorize;
 pub mod cli;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics_http;
+pub mod provision;
 pub mod server;
 
 pub use config::Config;
