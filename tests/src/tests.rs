@@ -1,1 +1,17 @@
-//! e2e
+//! The end-to-end tests: each module drives a real thingd with real clients.
+
+mod api_security;
+mod api_things;
+mod cli;
+mod metrics;
+mod mosquitto_clients;
+mod paho;
+mod persistence;
+mod raw_protocol;
+mod revocation;
+mod shadow;
+mod rumqttc_v311;
+mod rumqttc_v5;
+mod tls_refusals;
+mod websocket;
+mod policy_enforcement;

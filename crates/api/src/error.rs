@@ -113,8 +113,37 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(what) => {
                 ApiError::other("ResourceAlreadyExistsException", 409, what)
             }
+            StoreError::Rejected {
+                code,
+                message,
+                resource_id,
+            } => {
+                let mut e = ApiError::other(code, status_of(code), message);
+                e.resource_id = resource_id;
+                e
+            }
             other => ApiError::internal(other),
         }
+    }
+}
+
+/// The HTTP status the `iot` model gives an error shape (400 for shapes not listed).
+pub(crate) fn status_of(code: &str) -> u16 {
+    match code {
+        "ResourceNotFoundException" | "NotConfiguredException" => 404,
+        "UnauthorizedException" => 401,
+        "CertificateStateException" => 406,
+        "ResourceAlreadyExistsException"
+        | "DeleteConflictException"
+        | "VersionConflictException"
+        | "VersionsLimitExceededException"
+        | "ConflictingResourceUpdateException"
+        | "CertificateConflictException"
+        | "ConflictException" => 409,
+        "LimitExceededException" => 410,
+        "InternalFailureException" => 500,
+        "ServiceUnavailableException" => 503,
+        _ => 400,
     }
 }
 

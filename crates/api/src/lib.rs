@@ -19,9 +19,21 @@
 //!   `certificates`, `ca_certificates`, `policies`, `principals`, `endpoint`.
 
 pub mod access_keys;
+mod ca_certificates;
+mod certificates;
+pub mod data_plane;
+mod endpoint;
 mod error;
+mod policies;
+mod principals;
 mod sigv4;
 mod state;
+mod tags;
+#[cfg(test)]
+mod test_support;
+mod thing_groups;
+mod thing_types;
+mod things;
 pub mod wire;
 
 pub use error::ApiError;
@@ -33,7 +45,16 @@ use axum::Router;
 
 /// The control-plane router: every `iot` operation, behind SigV4 verification.
 pub fn control_plane(state: Arc<ApiState>) -> Router {
-    let routes: Router<Arc<ApiState>> = Router::new();
+    let routes: Router<Arc<ApiState>> = Router::new()
+        .merge(things::routes())
+        .merge(thing_types::routes())
+        .merge(thing_groups::routes())
+        .merge(tags::routes())
+        .merge(endpoint::routes())
+        .merge(certificates::routes())
+        .merge(ca_certificates::routes())
+        .merge(policies::routes())
+        .merge(principals::routes());
     routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

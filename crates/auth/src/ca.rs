@@ -13,14 +13,14 @@ use rcgen::{
 };
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
 use thingd_model::{CertificateId, CertificateStatus};
 use thingd_store::{CertificateRecord, Store, WriteOp};
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use crate::{AuthError, IssuedCertificate, provider};
+use crate::{AuthError, IssuedCertificate, SignedCertificate, provider};
 
 const ROOT_CERT: &str = "root-ca.pem";
 const ROOT_KEY: &str = "root-ca.key";
@@ -220,6 +220,49 @@ impl CertificateAuthority {
             id: CertificateId::from_der(cert.der()),
             certificate_pem: cert.pem(),
             private_key_pem: key.serialize_pem(),
+            public_key_pem: key.public_key_pem(),
+        })
+    }
+
+    /// Issues a device certificate for a PEM certificate signing request
+    /// (CreateCertificateFromCsr): the CSR is parsed and its signature verified (proof that
+    /// the requester holds the key), its key must be RSA of at least 2048 bits or EC on
+    /// P-256, P-384 or P-521, and the certificate carries the CSR's subject and key and
+    /// nothing else from it (requested extensions are ignored). Each call issues a new
+    /// certificate (random serial). Errors are [`AuthError::Invalid`] with the reason.
+    pub fn sign_csr(&self, csr_pem: &str) -> Result<SignedCertificate, AuthError> {
+        use x509_parser::prelude::FromDer as _;
+        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| AuthError::Invalid(format!("the CSR is not PEM: {e}")))?;
+        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+            .map_err(|e| AuthError::Invalid(format!("the CSR cannot be parsed: {e}")))?;
+        csr.verify_signature()
+            .map_err(|e| AuthError::Invalid(format!("the CSR signature does not verify: {e}")))?;
+        let info = &csr.certification_request_info;
+        check_csr_key(&info.subject_pki)?;
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
+            .map_err(|e| AuthError::Invalid(format!("unsupported CSR key: {e}")))?;
+        let mut dn = DistinguishedName::new();
+        for attr in info.subject.iter_attributes() {
+            let (Some(oid), Ok(value)) = (attr.attr_type().iter(), attr.as_str()) else {
+                continue;
+            };
+            let oid: Vec<u64> = oid.collect();
+            dn.push(DnType::from_oid(&oid), value);
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.not_before = OffsetDateTime::now_utc() - BACKDATE;
+        params.not_after = device_not_after()?;
+        params.serial_number = Some(random_serial()?);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&spki, &self.issuer)?;
+        Ok(SignedCertificate {
+            id: CertificateId::from_der(cert.der()),
+            certificate_pem: cert.pem(),
         })
     }
 
@@ -267,6 +310,37 @@ impl CertificateAuthority {
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Arc::new(config))
+    }
+}
+
+/// AWS accepts RSA keys of at least 2048 bits and EC keys on P-256, P-384 or P-521.
+fn check_csr_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), AuthError> {
+    use x509_parser::public_key::PublicKey;
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(()),
+        Ok(PublicKey::RSA(rsa)) => Err(AuthError::Invalid(format!(
+            "RSA keys must have at least 2048 bits, this one has {}",
+            rsa.key_size()
+        ))),
+        Ok(PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|oid| oid.to_id_string())
+                .unwrap_or_default();
+            match curve.as_str() {
+                // P-256, P-384, P-521.
+                "1.2.840.10045.3.1.7" | "1.3.132.0.34" | "1.3.132.0.35" => Ok(()),
+                other => Err(AuthError::Invalid(format!(
+                    "EC keys must be on P-256, P-384 or P-521, not {other}"
+                ))),
+            }
+        }
+        _ => Err(AuthError::Invalid(
+            "the CSR key must be RSA (2048 bits or more) or EC (P-256, P-384, P-521)".to_owned(),
+        )),
     }
 }
 

@@ -16,11 +16,15 @@
 //! default.
 
 mod ca;
+mod inspect;
 mod registry;
+mod subject;
 mod verifier;
 
 pub use ca::CertificateAuthority;
-pub use registry::CertificateRegistry;
+pub use inspect::{CertificateInfo, inspect_certificate_pem, is_signed_by};
+pub use registry::{CertificateRegistry, Trust};
+pub use subject::certificate_context;
 pub use verifier::RegistryClientVerifier;
 
 use std::sync::Arc;
@@ -62,6 +66,17 @@ pub struct IssuedCertificate {
     pub certificate_pem: String,
     /// The private key, PEM (PKCS#8).
     pub private_key_pem: String,
+    /// The public key, PEM (SubjectPublicKeyInfo, `BEGIN PUBLIC KEY`).
+    pub public_key_pem: String,
+}
+
+/// A certificate issued for a CSR (the requester keeps the key).
+#[derive(Debug, Clone)]
+pub struct SignedCertificate {
+    /// Its id (lowercase hex SHA-256 of the DER).
+    pub id: CertificateId,
+    /// The certificate, PEM.
+    pub certificate_pem: String,
 }
 
 impl std::fmt::Debug for IssuedCertificate {

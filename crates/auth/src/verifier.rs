@@ -9,11 +9,16 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use thingd_model::{CertificateId, CertificateStatus};
 
-use crate::{AuthError, CertificateRegistry, provider};
+use crate::{AuthError, CertificateRegistry, Trust, provider};
 
 /// Accepts a client certificate only if it chains to one of the trusted roots (checked by
 /// rustls' webpki verifier: signatures, validity dates, client-auth usage) and the registry
 /// says it is ACTIVE. Client authentication is mandatory.
+///
+/// A registered certificate that does not chain to those roots is also accepted when the
+/// registry says it was registered without a CA (RegisterCertificateWithoutCA: the TLS
+/// proof of possession of its key is then the only check besides its status), or under a
+/// registered CA that is ACTIVE and that it chains to.
 ///
 /// Rejections: a REVOKED certificate fails with `CertificateError::Revoked` (the client sees
 /// a `certificate_revoked` alert); an unregistered or otherwise inactive one with
@@ -68,8 +73,22 @@ impl ClientCertVerifier for RegistryClientVerifier {
             .chain
             .verify_client_cert(end_entity, intermediates, now)
         {
-            tracing::debug!(certificate = %id, error = %err, "client certificate rejected");
-            return Err(err);
+            // Not from the thingd root: a certificate registered without a CA needs no chain;
+            // one registered under a CA must chain to that CA while it is ACTIVE.
+            let fallback = match self.registry.trust(&id) {
+                Some(Trust::WithoutCa) => Ok(()),
+                Some(Trust::Ca(Some(ca))) => match self.registry.ca_verifier(&ca) {
+                    Some(verifier) => verifier
+                        .verify_client_cert(end_entity, intermediates, now)
+                        .map(drop),
+                    None => Err(err),
+                },
+                _ => Err(err),
+            };
+            if let Err(err) = fallback {
+                tracing::debug!(certificate = %id, error = %err, "client certificate rejected");
+                return Err(err);
+            }
         }
         match self.registry.status(&id) {
             Some(CertificateStatus::Active) => Ok(ClientCertVerified::assertion()),

@@ -69,6 +69,19 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use events::{BrokerEvent, DisconnectCause};
 pub use internal::{ClientError, InternalClient, Message};
 
+/// A retained message as the broker holds it (see [`Broker::retained_messages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedMessage {
+    /// The topic.
+    pub topic: String,
+    /// The payload (never empty: an empty retained publish deletes).
+    pub payload: bytes::Bytes,
+    /// The QoS it was published with.
+    pub qos: thingd_mqtt::QoS,
+    /// The publisher's forwarded MQTT 5 properties (user properties, content type...).
+    pub properties: thingd_mqtt::Properties,
+}
+
 /// Broker settings. `Default` gives AWS IoT Core's limits where AWS has one.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -283,6 +296,42 @@ impl Broker {
     /// a tokio runtime. See [`InternalClient`].
     pub fn internal_client(&self, client_id: &str) -> InternalClient {
         internal::start(self.clone(), client_id)
+    }
+
+    /// The live retained messages, ordered by topic (for the `iot-data` ListRetainedMessages
+    /// and GetRetainedMessage calls). Expired messages are dropped on the way.
+    pub fn retained_messages(&self) -> Vec<RetainedMessage> {
+        let mut out = self.retained_matching("#");
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        out
+    }
+
+    /// The live retained message of exactly `topic`, if any.
+    pub fn retained_message(&self, topic: &str) -> Option<RetainedMessage> {
+        if topic.contains(['+', '#']) {
+            return None;
+        }
+        self.retained_matching(topic)
+            .into_iter()
+            .find(|m| m.topic == topic)
+    }
+
+    fn retained_matching(&self, filter: &str) -> Vec<RetainedMessage> {
+        let mut deletes = Vec::new();
+        let now = self.shared.clock.now_ms();
+        let found = self.shared.retained.matching(filter, now, &mut deletes);
+        if !deletes.is_empty() {
+            self.shared.store.write_detached(deletes);
+        }
+        found
+            .into_iter()
+            .map(|m| RetainedMessage {
+                topic: m.topic.to_string(),
+                payload: m.payload.clone(),
+                qos: m.qos,
+                properties: m.props.clone(),
+            })
+            .collect()
     }
 
     pub(crate) fn serve_internal<S>(

@@ -13,13 +13,16 @@
 //! - `mqtt`: `serve_mqtts` (TLS, port 8883) and `serve_mqtt_plain` (TCP, development).
 //! - `https`: `serve_https`, ALPN dispatch between MQTT and HTTP on one TLS port.
 //! - `websocket`: `websocket_routes`, MQTT carried in WebSocket binary frames.
+//! - `optional_client_auth`: the HTTPS port's verifier (certificate optional, checked if sent).
 
 mod accept;
 mod https;
 mod mqtt;
+mod optional_client_auth;
 mod websocket;
 
 pub use accept::ListenerLimits;
 pub use https::{ALPN_HTTP11, ALPN_MQTT_CA, serve_https};
 pub use mqtt::{serve_mqtt_plain, serve_mqtts};
+pub use optional_client_auth::OptionalClientAuth;
 pub use websocket::websocket_routes;

@@ -29,6 +29,12 @@ pub fn websocket_routes(broker: Broker) -> Router {
 }
 
 fn upgrade(ws: WebSocketUpgrade, mut info: ConnectionInfo, broker: Broker) -> Response {
+    use axum::response::IntoResponse as _;
+    // MQTT over WebSocket is authenticated by the TLS client certificate (SigV4-signed
+    // WebSocket URLs are not accepted yet).
+    if info.principal.is_none() {
+        return (axum::http::StatusCode::FORBIDDEN, "MQTT over WebSocket needs a client certificate\n").into_response();
+    }
     info.listener = "wss";
     ws.protocols(SUBPROTOCOLS)
         .on_upgrade(move |socket| bridge(socket, info, broker))

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use thingd_auth::{CertificateAuthority, CertificateRegistry};
 use thingd_broker::Broker;
 use thingd_net::{ALPN_HTTP11, ALPN_MQTT_CA, ListenerLimits};
+use thingd_shadow::service::ShadowService;
 use thingd_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,7 @@ pub struct RunningServer {
     pub mqtt_plain: Option<SocketAddr>,
     /// Metrics address, if enabled.
     pub metrics: Option<SocketAddr>,
-    /// Control-plane HTTP address, if enabled.
+    /// HTTP API address (`iot` control plane and `iot-data` plane), if enabled.
     pub api: Option<SocketAddr>,
     /// The AWS CLI credentials file (profiles `thingd` and `default`).
     pub aws_credentials_path: PathBuf,
@@ -47,6 +48,8 @@ pub struct RunningServer {
     pub broker: Broker,
     /// The store.
     pub store: Store,
+    /// The Device Shadow service (MQTT `$aws/things/+/shadow/...` and the `iot-data` API).
+    pub shadows: ShadowService,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -95,6 +98,14 @@ impl Server {
         let tasks = TaskTracker::new();
 
         tasks.spawn(crate::lifecycle::start(&broker, shutdown.clone()));
+        let shadows = ShadowService::start(
+            &broker,
+            store.clone(),
+            thingd_shadow::ShadowLimits::default(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the device shadow service")?;
 
         let mut running = RunningServer {
             mqtts: None,
@@ -107,6 +118,7 @@ impl Server {
             root_ca_path: config.pki_dir().join("root-ca.pem"),
             broker: broker.clone(),
             store: store.clone(),
+            shadows: shadows.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
@@ -192,6 +204,7 @@ impl Server {
                 config = %aws_config.display(),
                 "AWS CLI: export AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE to these files (profile `thingd`)"
             );
+            let credentials = Arc::new(parking_lot::RwLock::new(secrets));
             let state = Arc::new(thingd_api::ApiState {
                 store: store.clone(),
                 ca: ca.clone(),
@@ -202,16 +215,23 @@ impl Server {
                 },
                 data_endpoint: config.data_endpoint(),
                 verifier: thingd_sigv4::Verifier::control_plane(),
-                credentials: Arc::new(parking_lot::RwLock::new(secrets)),
+                credentials: credentials.clone(),
             });
-            let app = thingd_api::control_plane(state);
+            let data_state = Arc::new(thingd_api::data_plane::DataPlaneState::new(
+                shadows.clone(),
+                broker.clone(),
+                credentials,
+            ));
+            // Each router keeps its own SigV4 layer (`iot` vs `iotdata`); no path is in both.
+            let app = thingd_api::control_plane(state)
+                .merge(thingd_api::data_plane::data_plane(data_state));
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;
                 if let Err(error) = served {
-                    tracing::error!(%error, "control-plane endpoint failed");
+                    tracing::error!(%error, "HTTP API endpoint failed");
                 }
             });
         }

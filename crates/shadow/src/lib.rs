@@ -15,6 +15,10 @@
 //! limits and in-flight counting (429), ListNamedShadowsForThing paging, HTTP routing. No
 //! tokio, no I/O, no clock: time comes in as epoch seconds. No panics on any input.
 //!
+//! The one exception is [`service`]: the running service that attaches these functions to
+//! the broker (in-process clients) and the store, and offers the same operations to the
+//! `iot-data` HTTP API. It is the only module that touches tokio, the broker or the store.
+//!
 //! Choices where the spec is unconfirmed (each is named by a test in `tests/semantics.rs` or
 //! `tests/errors.rs`):
 //! an update with a `version` for a shadow that does not exist must name 0 (or the deleted
@@ -37,6 +41,8 @@
 //!   [`DeleteOutcome`].
 //! - `error`: [`ShadowError`] and the [`message`] texts.
 //! - `json` (private): merge, metadata mirror, delta, numeric equality, depth.
+//! - [`service`]: [`service::ShadowService`], per-shadow ordering, commit-then-publish,
+//!   the per-thing in-flight limit.
 
 mod document;
 mod error;
@@ -44,6 +50,7 @@ mod json;
 mod name;
 mod ops;
 mod request;
+pub mod service;
 mod topic;
 
 pub use document::{Sections, ShadowLimits, StoredShadow};

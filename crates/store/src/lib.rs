@@ -24,6 +24,8 @@
 //! - `records`: the row types.
 
 mod records;
+pub mod registry;
+pub mod shadows;
 mod sqlite;
 mod writer;
 
@@ -59,6 +61,18 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A registry operation refused the request (a guard, a limit, a state rule); nothing it
+    /// wrote is kept. `code` is the AWS error shape (`DeleteConflictException`, ...), and
+    /// `resource_id` the resource concerned where that shape carries one.
+    #[error("{code}: {message}")]
+    Rejected {
+        /// The AWS error shape name.
+        code: &'static str,
+        /// The message for the caller.
+        message: String,
+        /// The id of the resource concerned (`resourceId`), if any.
+        resource_id: Option<String>,
+    },
 }
 
 /// One write. Writes submitted together are applied in order, in one transaction.

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_access_keys.sql")),
     (3, include_str!("migrations/0003_registry_things.sql")),
     (4, include_str!("migrations/0004_registry_security.sql")),
+    (5, include_str!("migrations/0005_shadows.sql")),
 ];
 
 /// Pragmas every connection gets.

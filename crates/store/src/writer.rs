@@ -328,6 +328,15 @@ fn duplicate(err: &StoreError) -> StoreError {
         StoreError::NotFound(s) => StoreError::NotFound(s.clone()),
         StoreError::AlreadyExists(s) => StoreError::AlreadyExists(s.clone()),
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+        StoreError::Rejected {
+            code,
+            message,
+            resource_id,
+        } => StoreError::Rejected {
+            code,
+            message: message.clone(),
+            resource_id: resource_id.clone(),
+        },
     }
 }
 

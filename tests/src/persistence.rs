@@ -1,0 +1,323 @@
+//! Durability with a real `thingd serve` child process: persistent sessions, their queued
+//! QoS 1 messages and retained messages survive a SIGTERM restart and a kill -9. Anything
+//! acknowledged to a publisher (PUBACK) must still be delivered after a crash.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::Value;
+use thingd_tests::{DeviceFiles, ProcessServer, issue_device, payloads, run_paho};
+
+const RUN: Duration = Duration::from_secs(30);
+
+// Field order is drop order: stop the server before deleting its data directory.
+struct Env {
+    server: ProcessServer,
+    device: DeviceFiles,
+    _dir: tempfile::TempDir,
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+/// A data directory with one device certificate, and `thingd serve` on it.
+fn env() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let device = block_on(issue_device(dir.path(), "durable")).expect("thingd cert issue");
+    // Every listener on an OS-chosen port, so tests can run side by side.
+    let server =
+        ProcessServer::start(dir.path(), &["--api", "127.0.0.1:0"]).expect("thingd serve starts");
+    Env {
+        server,
+        device,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    fn paho(&self, scenario: &str, args: &[&str]) -> Value {
+        run_paho(scenario, &self.device, self.server.mqtts.port(), args, RUN)
+            .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// Creates a persistent session (`client_id`, MQTT `version`) subscribed to `topic` at QoS 1
+    /// and leaves it offline.
+    fn persistent_subscriber(&self, version: &str, client_id: &str, topic: &str) {
+        self.persistent_subscriber_qos(version, client_id, topic, 1);
+    }
+
+    fn persistent_subscriber_qos(&self, version: &str, client_id: &str, topic: &str, qos: u8) {
+        let qos_arg = qos.to_string();
+        let result = self.paho(
+            "persist-subscribe",
+            &[
+                "--version",
+                version,
+                "--client-id",
+                client_id,
+                "--topic",
+                topic,
+                "--qos",
+                &qos_arg,
+                "--session-expiry",
+                "600",
+            ],
+        );
+        assert_eq!(result["granted"], serde_json::json!([qos]), "{result:#}");
+    }
+
+    /// Publishes `count` QoS 1 messages `<prefix><i>`, each acknowledged before the next.
+    fn publish(&self, topic: &str, count: usize, prefix: &str) {
+        self.publish_qos(topic, count, prefix, 1);
+    }
+
+    /// Publishes `count` messages at `qos`, each acknowledged (PUBACK / PUBCOMP) before the next.
+    fn publish_qos(&self, topic: &str, count: usize, prefix: &str, qos: u8) {
+        let (count, qos) = (count.to_string(), qos.to_string());
+        let result = self.paho(
+            "publish",
+            &[
+                "--topic", topic, "--qos", &qos, "--count", &count, "--prefix", prefix,
+            ],
+        );
+        assert_eq!(
+            result["sent"].as_array().map(Vec::len),
+            count.parse().ok(),
+            "{result:#}"
+        );
+    }
+
+    fn publish_retained(&self, topic: &str, payload: &str) {
+        self.paho(
+            "publish",
+            &[
+                "--topic",
+                topic,
+                "--qos",
+                "1",
+                "--count",
+                "1",
+                "--retain",
+                "--payload",
+                payload,
+            ],
+        );
+    }
+
+    /// Resumes the session and returns the payloads it delivers (expecting `count`, at QoS 1).
+    fn resume(&self, version: &str, client_id: &str, count: usize) -> Vec<String> {
+        self.resume_qos(version, client_id, count, 1)
+    }
+
+    fn resume_qos(&self, version: &str, client_id: &str, count: usize, qos: u8) -> Vec<String> {
+        let count = count.to_string();
+        let result = self.paho(
+            "persist-receive",
+            &[
+                "--version",
+                version,
+                "--client-id",
+                client_id,
+                "--count",
+                &count,
+                "--session-expiry",
+                "600",
+                "--wait",
+                "10",
+            ],
+        );
+        assert_eq!(
+            result["connack"]["session_present"], true,
+            "the session survived: {result:#}"
+        );
+        assert_eq!(
+            payloads(&result["extra"]),
+            Vec::<String>::new(),
+            "no duplicates: {result:#}"
+        );
+        for message in result["received"].as_array().into_iter().flatten() {
+            assert_eq!(message["qos"], qos, "{message}");
+        }
+        payloads(&result["received"])
+    }
+
+    /// What a new subscriber to `topic` gets on SUBSCRIBE, as (payload, retain flag).
+    fn retained(&self, topic: &str) -> Vec<(String, bool)> {
+        let result = self.paho("retain-get", &["--topic", topic, "--wait", "2"]);
+        result["received"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m["payload"].as_str().unwrap_or_default().to_owned(),
+                    m["retain"] == true,
+                )
+            })
+            .collect()
+    }
+}
+
+fn numbered(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[test]
+fn sessions_and_retained_survive_a_sigterm_restart() {
+    let mut env = env();
+    let topic = "e2e/durable/restart";
+    env.persistent_subscriber("5", "keeper-v5", topic);
+    env.persistent_subscriber("311", "keeper-v311", topic);
+    env.publish(topic, 5, "before-");
+    env.publish_retained("e2e/durable/restart/retained", "kept across restart");
+
+    env.server.terminate().expect("thingd stops on SIGTERM");
+    env.server.restart().expect("thingd starts again");
+
+    // A message published after the restart proves the subscriptions themselves were kept.
+    env.publish(topic, 1, "after-");
+    let mut want = numbered("before-", 5);
+    want.push("after-0".to_owned());
+    assert_eq!(
+        env.resume("5", "keeper-v5", 6),
+        want,
+        "MQTT 5 session (Session Expiry) after restart"
+    );
+    assert_eq!(
+        env.resume("311", "keeper-v311", 6),
+        want,
+        "MQTT 3.1.1 session (clean session 0) after restart"
+    );
+    assert_eq!(
+        env.retained("e2e/durable/restart/retained"),
+        [("kept across restart".to_owned(), true)]
+    );
+}
+
+fn queued_messages_survive_kill9(version: &str) {
+    let mut env = env();
+    let topic = "e2e/durable/crash";
+    let client_id = format!("offline-{version}");
+    env.persistent_subscriber(version, &client_id, topic);
+    env.publish(topic, 50, "acked-");
+
+    env.server.kill9();
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+
+    assert_eq!(
+        env.resume(version, &client_id, 50),
+        numbered("acked-", 50),
+        "every PUBACKed QoS 1 message queued for the offline session is delivered after kill -9, in order"
+    );
+}
+
+#[test]
+fn v5_queued_qos1_messages_survive_kill9() {
+    queued_messages_survive_kill9("5");
+}
+
+#[test]
+fn v311_queued_qos1_messages_survive_kill9() {
+    queued_messages_survive_kill9("311");
+}
+
+#[test]
+fn v5_queued_qos2_messages_survive_kill9() {
+    let mut env = env();
+    let topic = "e2e/durable/crash-qos2";
+    env.persistent_subscriber_qos("5", "offline-qos2", topic, 2);
+    env.publish_qos(topic, 20, "exactly-once-", 2);
+
+    env.server.kill9();
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+
+    assert_eq!(
+        env.resume_qos("5", "offline-qos2", 20, 2),
+        numbered("exactly-once-", 20),
+        "every completed (PUBCOMP) QoS 2 message queued for the offline session is delivered once after kill -9"
+    );
+}
+
+#[test]
+fn retained_messages_survive_kill9() {
+    let mut env = env();
+    env.publish_retained("e2e/durable/retained/kept", "survivor");
+    env.publish_retained("e2e/durable/retained/deleted", "doomed");
+    env.paho(
+        "publish",
+        &[
+            "--topic",
+            "e2e/durable/retained/deleted",
+            "--qos",
+            "1",
+            "--retain",
+            "--payload",
+            "",
+            "--count",
+            "1",
+        ],
+    );
+
+    env.server.kill9();
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+
+    assert_eq!(
+        env.retained("e2e/durable/retained/kept"),
+        [("survivor".to_owned(), true)],
+        "retained after kill -9"
+    );
+    assert_eq!(
+        env.retained("e2e/durable/retained/deleted"),
+        [],
+        "a deleted retained message stays deleted"
+    );
+}
+
+#[test]
+fn delivered_but_unacknowledged_messages_survive_kill9() {
+    let mut env = env();
+    let topic = "e2e/durable/inflight";
+    env.persistent_subscriber("5", "slow-acker", topic);
+    env.publish(topic, 3, "inflight-");
+    // The subscriber takes the three messages but never sends PUBACK, then its socket drops.
+    let taken = env.paho(
+        "persist-receive-unacked",
+        &[
+            "--version",
+            "5",
+            "--client-id",
+            "slow-acker",
+            "--count",
+            "3",
+            "--session-expiry",
+            "600",
+        ],
+    );
+    assert_eq!(
+        payloads(&taken["received"]),
+        numbered("inflight-", 3),
+        "{taken:#}"
+    );
+
+    env.server.kill9();
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+
+    assert_eq!(
+        env.resume("5", "slow-acker", 3),
+        numbered("inflight-", 3),
+        "QoS 1 messages never acknowledged by the subscriber are delivered again after kill -9"
+    );
+}
