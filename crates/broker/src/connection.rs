@@ -765,6 +765,11 @@ impl Conn {
                 properties,
             }));
         }
+        // Detach before the socket closes: a client that sees the close and publishes at
+        // once must find its messages queued in the session, not in this dead connection.
+        let with_will = !matches!(end, End::Normal | End::TakenOver);
+        let wills = self.shared.detach(&self.cell, self.conn_id, with_will);
+        self.shared.publish_wills(wills);
         if !self.wbuf.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 let _ = stream.write_all(&self.wbuf).await;
@@ -774,9 +779,6 @@ impl Conn {
             metrics::bytes_out(self.wbuf.len());
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-        let with_will = !matches!(end, End::Normal | End::TakenOver);
-        let wills = self.shared.detach(&self.cell, self.conn_id, with_will);
-        self.shared.publish_wills(wills);
         metrics::connection_closed();
         if !self.internal {
             let _ = self.shared.events.send(crate::BrokerEvent::Disconnected {

@@ -33,7 +33,11 @@ fn upgrade(ws: WebSocketUpgrade, mut info: ConnectionInfo, broker: Broker) -> Re
     // MQTT over WebSocket is authenticated by the TLS client certificate (SigV4-signed
     // WebSocket URLs are not accepted yet).
     if info.principal.is_none() {
-        return (axum::http::StatusCode::FORBIDDEN, "MQTT over WebSocket needs a client certificate\n").into_response();
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "MQTT over WebSocket needs a client certificate\n",
+        )
+            .into_response();
     }
     info.listener = "wss";
     ws.protocols(SUBPROTOCOLS)

@@ -123,6 +123,83 @@ impl Server {
             tasks: tasks.clone(),
         };
 
+        // The HTTP APIs: built once, served on the `api` listener (plain HTTP, loopback by
+        // default) and on the HTTPS port for clients that do not send ALPN x-amzn-mqtt-ca.
+        let api_listener = match config.listeners.api {
+            Some(addr) => Some(bind(addr, "api").await?),
+            None => None,
+        };
+        running.api = match &api_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let https_listener = match config.listeners.https {
+            Some(addr) => Some(bind(addr, "https").await?),
+            None => None,
+        };
+        running.https = match &https_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let store2 = store.clone();
+        let (admin, secrets) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let admin = thingd_api::access_keys::ensure_admin_key(&store2)?;
+            let secrets = thingd_api::access_keys::load_secrets(&store2)?;
+            Ok((admin, secrets))
+        })
+        .await??;
+        let endpoint_url = match (running.api, running.https) {
+            (Some(api), _) => format!("http://{api}"),
+            (None, Some(https)) => format!("https://{}:{}", config.data_endpoint(), https.port()),
+            (None, None) => String::new(),
+        };
+        if !endpoint_url.is_empty() {
+            let (credentials, aws_config) = thingd_api::access_keys::write_cli_files(
+                &config.data_dir,
+                &admin,
+                &config.region,
+                &endpoint_url,
+            )?;
+            tracing::info!(
+                credentials = %credentials.display(),
+                config = %aws_config.display(),
+                "AWS CLI: export AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE to these files (profile `thingd`)"
+            );
+        }
+        let credentials = Arc::new(parking_lot::RwLock::new(secrets));
+        let state = Arc::new(thingd_api::ApiState {
+            store: store.clone(),
+            ca: ca.clone(),
+            registry: registry.clone(),
+            arns: thingd_api::wire::Arns {
+                region: config.region.clone(),
+                account: config.account_id.clone(),
+            },
+            data_endpoint: config.data_endpoint(),
+            verifier: thingd_sigv4::Verifier::control_plane(),
+            credentials: credentials.clone(),
+        });
+        let data_state = Arc::new(thingd_api::data_plane::DataPlaneState::new(
+            shadows.clone(),
+            broker.clone(),
+            credentials,
+        ));
+        // Each router keeps its own SigV4 layer (`iot` vs `iotdata`); no path is in both.
+        let app =
+            thingd_api::control_plane(state).merge(thingd_api::data_plane::data_plane(data_state));
+        if let Some(listener) = api_listener {
+            let app = app.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "HTTP API endpoint failed");
+                }
+            });
+        }
+
         if let Some(addr) = config.listeners.mqtts {
             let listener = bind(addr, "mqtts").await?;
             running.mqtts = Some(listener.local_addr()?);
@@ -135,14 +212,13 @@ impl Server {
                 shutdown.clone(),
             ));
         }
-        if let Some(addr) = config.listeners.https {
-            let listener = bind(addr, "https").await?;
-            running.https = Some(listener.local_addr()?);
-            let tls = ca.server_config(
-                verifier.clone(),
-                vec![ALPN_MQTT_CA.to_vec(), ALPN_HTTP11.to_vec()],
-            )?;
-            let http = axum::Router::new();
+        if let Some(listener) = https_listener {
+            // The client certificate is optional here: SigV4-signed HTTP comes without one;
+            // MQTT (ALPN) and MQTT over WebSocket on this port still require one.
+            let optional = Arc::new(thingd_net::OptionalClientAuth(verifier.clone()));
+            let tls =
+                ca.server_config(optional, vec![ALPN_MQTT_CA.to_vec(), ALPN_HTTP11.to_vec()])?;
+            let http = app.clone();
             tasks.spawn(thingd_net::serve_https(
                 listener,
                 tls,
@@ -178,60 +254,6 @@ impl Server {
                     .await;
                 if let Err(error) = served {
                     tracing::error!(%error, "metrics endpoint failed");
-                }
-            });
-        }
-
-        if let Some(addr) = config.listeners.api {
-            let listener = bind(addr, "api").await?;
-            let local = listener.local_addr()?;
-            running.api = Some(local);
-            let store2 = store.clone();
-            let (admin, secrets) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let admin = thingd_api::access_keys::ensure_admin_key(&store2)?;
-                let secrets = thingd_api::access_keys::load_secrets(&store2)?;
-                Ok((admin, secrets))
-            })
-            .await??;
-            let (credentials, aws_config) = thingd_api::access_keys::write_cli_files(
-                &config.data_dir,
-                &admin,
-                &config.region,
-                &format!("http://{local}"),
-            )?;
-            tracing::info!(
-                credentials = %credentials.display(),
-                config = %aws_config.display(),
-                "AWS CLI: export AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE to these files (profile `thingd`)"
-            );
-            let credentials = Arc::new(parking_lot::RwLock::new(secrets));
-            let state = Arc::new(thingd_api::ApiState {
-                store: store.clone(),
-                ca: ca.clone(),
-                registry: registry.clone(),
-                arns: thingd_api::wire::Arns {
-                    region: config.region.clone(),
-                    account: config.account_id.clone(),
-                },
-                data_endpoint: config.data_endpoint(),
-                verifier: thingd_sigv4::Verifier::control_plane(),
-                credentials: credentials.clone(),
-            });
-            let data_state = Arc::new(thingd_api::data_plane::DataPlaneState::new(
-                shadows.clone(),
-                broker.clone(),
-                credentials,
-            ));
-            // Each router keeps its own SigV4 layer (`iot` vs `iotdata`); no path is in both.
-            let app = thingd_api::control_plane(state)
-                .merge(thingd_api::data_plane::data_plane(data_state));
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "HTTP API endpoint failed");
                 }
             });
         }
