@@ -3,6 +3,7 @@
 mod api_security;
 mod api_things;
 mod cli;
+mod device_sdk;
 mod metrics;
 mod mosquitto_clients;
 mod paho;
@@ -15,3 +16,4 @@ mod rumqttc_v5;
 mod tls_refusals;
 mod websocket;
 mod policy_enforcement;
+mod https_api;
