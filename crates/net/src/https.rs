@@ -45,6 +45,17 @@ pub async fn serve_https(
             let principal = principal_of(&tls);
             let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             if alpn.as_deref() == Some(ALPN_MQTT_CA) {
+                // The certificate is optional on this port (for SigV4 HTTP); MQTT needs one.
+                if principal.is_none() {
+                    tracing::debug!(%peer, "MQTT over ALPN without a client certificate; closing");
+                    metrics::counter!(
+                        "thingd_tls_handshake_failures_total",
+                        "listener" => "https",
+                        "reason" => "no_client_certificate"
+                    )
+                    .increment(1);
+                    return;
+                }
                 let info = ConnectionInfo {
                     remote_addr: peer,
                     principal,
