@@ -32,7 +32,7 @@ use thingd_broker::{Broker, ClientError, InternalClient};
 use thingd_mqtt::{ByteStr, Properties, QoS};
 use thingd_shadow::service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ShadowService};
 use thingd_shadow::{ShadowError, ShadowId, ThingName};
-use thingd_sigv4::{Payload, Secret, Verifier, VerifyRequest};
+use thingd_sigv4::{Secret, Verifier};
 
 use crate::ApiError;
 
@@ -216,13 +216,7 @@ async fn require_signature(
             .response(&trace);
         }
     };
-    let verified = {
-        let request = VerifyRequest::from_http_parts(&parts, Payload::Bytes(&bytes));
-        let credentials = state.credentials.read();
-        state
-            .verifier
-            .verify(&request, SystemTime::now(), &*credentials)
-    };
+    let verified = crate::sigv4::verify(&state.verifier, &state.credentials, &parts, &bytes);
     match verified {
         Ok(identity) => {
             parts.extensions.insert(identity);

@@ -30,13 +30,7 @@ pub(crate) async fn require_signature(
                 .into_response();
         }
     };
-    let verified = {
-        let request = VerifyRequest::from_http_parts(&parts, Payload::Bytes(&bytes));
-        let credentials = state.credentials.read();
-        state
-            .verifier
-            .verify(&request, SystemTime::now(), &*credentials)
-    };
+    let verified = verify(&state.verifier, &state.credentials, &parts, &bytes);
     match verified {
         Ok(identity) => {
             parts.extensions.insert(identity);
@@ -48,6 +42,18 @@ pub(crate) async fn require_signature(
             ApiError::from_sigv4(&error).into_response()
         }
     }
+}
+
+/// Checks the signature of a request whose body has been read, against `credentials`.
+pub(crate) fn verify(
+    verifier: &thingd_sigv4::Verifier,
+    credentials: &parking_lot::RwLock<std::collections::HashMap<String, thingd_sigv4::Secret>>,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+) -> Result<thingd_sigv4::VerifiedIdentity, thingd_sigv4::SigV4Error> {
+    let request = VerifyRequest::from_http_parts(parts, Payload::Bytes(body));
+    let credentials = credentials.read();
+    verifier.verify(&request, SystemTime::now(), &*credentials)
 }
 
 /// Adds `x-amzn-RequestId` and `Date` to every response (SDKs use `Date` to correct their
