@@ -19,3 +19,4 @@ mod websocket;
 mod policy_enforcement;
 mod https_api;
 mod aws_sdk_rust;
+mod lifecycle_events;
