@@ -20,3 +20,4 @@ mod policy_enforcement;
 mod https_api;
 mod aws_sdk_rust;
 mod lifecycle_events;
+mod cert_https;

@@ -59,6 +59,11 @@ pub struct DataPlaneState {
     pub verifier: Verifier,
     /// Access keys accepted by the verifier (shared with the control plane's state).
     pub credentials: Arc<RwLock<HashMap<String, Secret>>>,
+    /// Authorizes requests authenticated by a TLS client certificate instead of SigV4;
+    /// without one, such requests are refused.
+    pub cert_authorizer: Option<Arc<dyn crate::cert_auth::HttpAuthorizer>>,
+    /// Region and account of this installation, for the resource ARNs of those requests.
+    pub arn_prefix: String,
     publisher: Mutex<Arc<InternalClient>>,
 }
 
@@ -76,8 +81,23 @@ impl DataPlaneState {
             broker,
             verifier: Verifier::data_plane(),
             credentials,
+            cert_authorizer: None,
+            arn_prefix: "arn:aws:iot:us-east-1:123456789012:".to_owned(),
             publisher: Mutex::new(publisher),
         }
+    }
+
+    /// Accepts requests authenticated by a TLS client certificate (no SigV4), authorized by
+    /// `authorizer`, with resource ARNs under `arn:aws:iot:<region>:<account>:`.
+    pub fn with_cert_authorizer(
+        mut self,
+        authorizer: Arc<dyn crate::cert_auth::HttpAuthorizer>,
+        region: &str,
+        account: &str,
+    ) -> DataPlaneState {
+        self.cert_authorizer = Some(authorizer);
+        self.arn_prefix = format!("arn:aws:iot:{region}:{account}:");
+        self
     }
 
     /// Publishes through the in-process client, reconnecting it once if its connection was
@@ -216,6 +236,15 @@ async fn require_signature(
             .response(&trace);
         }
     };
+    if let Some(response) = certificate_authenticated(&state, &parts, &trace) {
+        return match response {
+            Ok(()) => {
+                next.run(Request::from_parts(parts, Body::from(bytes)))
+                    .await
+            }
+            Err(refusal) => refusal,
+        };
+    }
     let verified = crate::sigv4::verify(&state.verifier, &state.credentials, &parts, &bytes);
     match verified {
         Ok(identity) => {
@@ -228,6 +257,55 @@ async fn require_signature(
             ApiError::from_sigv4(&error).into_response()
         }
     }
+}
+
+/// For a request with no SigV4 signature that came over TLS with a client certificate: `Some`
+/// with the authorization decision by IoT policies. `None` means "check SigV4".
+fn certificate_authenticated(
+    state: &DataPlaneState,
+    parts: &axum::http::request::Parts,
+    trace: &str,
+) -> Option<Result<(), Response>> {
+    let signed = parts.headers.contains_key(header::AUTHORIZATION)
+        || parts
+            .uri
+            .query()
+            .is_some_and(|q| q.contains("X-Amz-Signature="));
+    if signed {
+        return None;
+    }
+    let certificate = parts
+        .extensions
+        .get::<thingd_broker::ConnectionInfo>()
+        .and_then(|info| info.principal.clone())?;
+    let forbidden =
+        |message: &str| DataError::new(403, "ForbiddenException", message).response(trace);
+    let Some(authorizer) = &state.cert_authorizer else {
+        return Some(Err(forbidden("Certificate authentication is not enabled")));
+    };
+    let query = query(&parts.uri).unwrap_or_default();
+    let Some(needed) =
+        crate::cert_auth::required_permissions(&parts.method, parts.uri.path(), &query)
+    else {
+        return Some(Err(forbidden("Forbidden")));
+    };
+    for (action, resource) in needed {
+        let resource = if resource == "*" {
+            resource
+        } else {
+            format!("{}{resource}", state.arn_prefix)
+        };
+        if !authorizer.allows(&certificate, &action, &resource) {
+            tracing::debug!(
+                certificate,
+                action = action.name(),
+                resource,
+                "iot-data request refused by policy"
+            );
+            return Some(Err(forbidden("Forbidden")));
+        }
+    }
+    Some(Ok(()))
 }
 
 /// The query parameters (the last value wins for a repeated key).

@@ -20,6 +20,7 @@
 
 pub mod access_keys;
 mod ca_certificates;
+pub mod cert_auth;
 mod certificates;
 pub mod data_plane;
 mod endpoint;

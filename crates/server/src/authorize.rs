@@ -265,3 +265,40 @@ impl Authorizer for PolicyAuthorizer {
         }))
     }
 }
+
+impl thingd_api::cert_auth::HttpAuthorizer for PolicyAuthorizer {
+    /// HTTPS requests authenticated by a certificate: the certificate must be ACTIVE and its
+    /// policies (direct attachments; thing variables do not resolve over HTTP, as in AWS)
+    /// must allow the action.
+    fn allows(
+        &self,
+        certificate_id: &str,
+        action: &thingd_policy::IotAction,
+        resource: &str,
+    ) -> bool {
+        let status =
+            CertificateId::parse(certificate_id).and_then(|id| self.inner.registry.status(&id));
+        if status != Some(CertificateStatus::Active) {
+            return false;
+        }
+        // The empty client id names no thing, so only the certificate's own policies apply.
+        let facts = match self.inner.facts(certificate_id, "") {
+            Ok(facts) => facts,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the policies; denying");
+                return false;
+            }
+        };
+        let variables = Variables {
+            certificate_id: Some(certificate_id.to_owned()),
+            certificate: facts.certificate.clone(),
+            ..Variables::default()
+        };
+        let request = thingd_policy::Request {
+            action,
+            resource,
+            variables: &variables,
+        };
+        facts.policies.authorize(&request).is_allowed()
+    }
+}

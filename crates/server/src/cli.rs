@@ -59,6 +59,10 @@ pub enum DeviceCommand {
         #[arg(long)]
         rsa: bool,
     },
+    /// Run the seed article's sensor board in software: connect with a provisioned
+    /// device's certificate, report a temperature rising 10..40 to the shadow, and apply
+    /// deltas (`led`, `setpoint`). `--fleet N` runs N devices.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// Where the data lives; shared by every command.
@@ -158,6 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Cert(command) => tokio::task::spawn_blocking(move || cert(command)).await?,
+        Command::Device(DeviceCommand::Simulate(args)) => crate::simulate::run(args).await,
         Command::Device(command) => tokio::task::spawn_blocking(move || device(command)).await?,
     }
 }
@@ -295,7 +300,14 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
 
 fn device(command: DeviceCommand) -> anyhow::Result<()> {
     match command {
-        DeviceCommand::Provision { data, thing_name, out, endpoint, port, rsa } => {
+        DeviceCommand::Provision {
+            data,
+            thing_name,
+            out,
+            endpoint,
+            port,
+            rsa,
+        } => {
             let (mut config, store) = open(&data)?;
             config.endpoint_names = vec![endpoint];
             config.listeners.mqtts = Some(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
@@ -310,6 +322,7 @@ fn device(command: DeviceCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        DeviceCommand::Simulate(_) => bail!("`device simulate` runs on the async runtime"),
     }
 }
 

@@ -13,6 +13,7 @@
 //! - `lifecycle`: AWS lifecycle events published from the broker's connection events.
 //! - `metrics_http`: the Prometheus recorder and the `/metrics` route.
 //! - `provision`: `thingd device provision`, a device's thing, certificate, policy and files.
+//! - `simulate`: `thingd device simulate`, simulated sensor boards on the device SDK.
 //! - `cli`: the `thingd` command line (serve, cert, device ...).
 
 pub mod authorize;
@@ -22,6 +23,7 @@ pub mod lifecycle;
 pub mod metrics_http;
 pub mod provision;
 pub mod server;
+pub mod simulate;
 
 pub use config::Config;
 pub use server::{RunningServer, Server};

@@ -179,11 +179,18 @@ impl Server {
             verifier: thingd_sigv4::Verifier::control_plane(),
             credentials: credentials.clone(),
         });
-        let data_state = Arc::new(thingd_api::data_plane::DataPlaneState::new(
-            shadows.clone(),
-            broker.clone(),
-            credentials,
-        ));
+        let data_state = Arc::new(
+            thingd_api::data_plane::DataPlaneState::new(
+                shadows.clone(),
+                broker.clone(),
+                credentials,
+            )
+            .with_cert_authorizer(
+                Arc::new(authorizer.clone()),
+                &config.region,
+                &config.account_id,
+            ),
+        );
         // Each router keeps its own SigV4 layer (`iot` vs `iotdata`); no path is in both.
         let app =
             thingd_api::control_plane(state).merge(thingd_api::data_plane::data_plane(data_state));
