@@ -29,7 +29,10 @@ async fn provision(server: &TestServer, thing: &str) -> anyhow::Result<DeviceFil
         .arg(server.data_dir.path())
         .output()?;
     if !output.status.success() {
-        bail!("provision failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "provision failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let id = stdout
@@ -55,7 +58,10 @@ async fn expect_closed(client: &mut RawClient) -> TestResult {
     match client.recv_within(WAIT).await? {
         Incoming::Closed => Ok(()),
         Incoming::Frame(f) if f.kind == kind::DISCONNECT => Ok(()),
-        Incoming::Frame(f) => bail!("expected the connection to close, got packet type {}", f.kind),
+        Incoming::Frame(f) => bail!(
+            "expected the connection to close, got packet type {}",
+            f.kind
+        ),
     }
 }
 
@@ -70,7 +76,13 @@ async fn next_frame(client: &mut RawClient) -> anyhow::Result<crate::raw_protoco
 async fn provisioned_device_has_exactly_its_own_topics() -> TestResult {
     let server = TestServer::start().await?;
     let device = provision(&server, "MyJourneyIoTDevice").await?;
-    for file in ["certificate.pem.crt", "private.pem.key", "root-ca.pem", "endpoint.txt", "aws_certificate.h"] {
+    for file in [
+        "certificate.pem.crt",
+        "private.pem.key",
+        "root-ca.pem",
+        "endpoint.txt",
+        "aws_certificate.h",
+    ] {
         assert!(device.dir.join(file).exists(), "{file} written");
     }
     let header = std::fs::read_to_string(device.dir.join("aws_certificate.h"))?;
@@ -79,10 +91,29 @@ async fn provisioned_device_has_exactly_its_own_topics() -> TestResult {
 
     // Allowed: its own shadow update topic and things/<name>/..., in both directions.
     let mut client = RawClient::v5(&server, &device, "MyJourneyIoTDevice").await?;
-    client.send(&subscribe(true, 1, &[], &[("things/MyJourneyIoTDevice/#", 1)])).await?;
-    let (_, codes) = next_frame(&mut client).await?.sub_codes(kind::SUBACK, true)?;
+    client
+        .send(&subscribe(
+            true,
+            1,
+            &[],
+            &[("things/MyJourneyIoTDevice/#", 1)],
+        ))
+        .await?;
+    let (_, codes) = next_frame(&mut client)
+        .await?
+        .sub_codes(kind::SUBACK, true)?;
     assert_eq!(codes, vec![1]);
-    client.send(&publish(true, "things/MyJourneyIoTDevice/telemetry", 1, false, 2, &[], b"{\"temp\":32}")).await?;
+    client
+        .send(&publish(
+            true,
+            "things/MyJourneyIoTDevice/telemetry",
+            1,
+            false,
+            2,
+            &[],
+            b"{\"temp\":32}",
+        ))
+        .await?;
     let mut got_ack = false;
     let mut got_message = false;
     while !(got_ack && got_message) {
@@ -103,14 +134,36 @@ async fn provisioned_device_has_exactly_its_own_topics() -> TestResult {
             other => bail!("unexpected packet type {other}"),
         }
     }
-    client.send(&publish(true, "$aws/things/MyJourneyIoTDevice/shadow/update", 1, false, 3, &[], b"{}")).await?;
+    client
+        .send(&publish(
+            true,
+            "$aws/things/MyJourneyIoTDevice/shadow/update",
+            1,
+            false,
+            3,
+            &[],
+            b"{}",
+        ))
+        .await?;
     assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (3, 0x00));
 
     // Denied in MQTT 5: reason code 0x87 on PUBACK and SUBACK, the connection stays.
-    client.send(&publish(true, "things/SomeoneElse/telemetry", 1, false, 4, &[], b"x")).await?;
+    client
+        .send(&publish(
+            true,
+            "things/SomeoneElse/telemetry",
+            1,
+            false,
+            4,
+            &[],
+            b"x",
+        ))
+        .await?;
     assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (4, 0x87));
     client.send(&subscribe(true, 5, &[], &[("#", 1)])).await?;
-    let (_, codes) = next_frame(&mut client).await?.sub_codes(kind::SUBACK, true)?;
+    let (_, codes) = next_frame(&mut client)
+        .await?
+        .sub_codes(kind::SUBACK, true)?;
     assert_eq!(codes, vec![0x87]);
 
     // Another client id is not allowed to connect: v5 CONNACK 0x87.
@@ -121,7 +174,8 @@ async fn provisioned_device_has_exactly_its_own_topics() -> TestResult {
 
     // Denied in MQTT 3.1.1: the connection is closed, as AWS IoT does.
     let mut v311 = RawClient::v311(&server, &device, "MyJourneyIoTDevice").await?;
-    v311.send(&publish(false, "elsewhere", 1, false, 1, &[], b"x")).await?;
+    v311.send(&publish(false, "elsewhere", 1, false, 1, &[], b"x"))
+        .await?;
     expect_closed(&mut v311).await?;
     let mut v311 = RawClient::open(&server, &device).await?;
     v311.send(&Connect::v311("not-my-name").bytes()).await?;
@@ -130,7 +184,8 @@ async fn provisioned_device_has_exactly_its_own_topics() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_live_connections() -> TestResult {
+async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_live_connections()
+-> TestResult {
     let server = TestServer::start().await?;
     let device = provision(&server, "sensor-1").await?;
     let store = server.running.store.clone();
@@ -154,12 +209,36 @@ async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_l
     tokio::time::sleep(REGISTRY_PROPAGATION).await;
 
     let mut client = RawClient::v5(&server, &device, "sensor-1").await?;
-    client.send(&subscribe(true, 1, &[], &[("fleet/#", 1)])).await?;
-    let (_, codes) = next_frame(&mut client).await?.sub_codes(kind::SUBACK, true)?;
+    client
+        .send(&subscribe(true, 1, &[], &[("fleet/#", 1)]))
+        .await?;
+    let (_, codes) = next_frame(&mut client)
+        .await?
+        .sub_codes(kind::SUBACK, true)?;
     assert_eq!(codes, vec![1]);
     // Receive is limited to fleet/<clientId>/...: the other message is not delivered.
-    client.send(&publish(true, "fleet/other/x", 1, false, 2, &[], b"not for me")).await?;
-    client.send(&publish(true, "fleet/sensor-1/x", 1, false, 3, &[], b"mine")).await?;
+    client
+        .send(&publish(
+            true,
+            "fleet/other/x",
+            1,
+            false,
+            2,
+            &[],
+            b"not for me",
+        ))
+        .await?;
+    client
+        .send(&publish(
+            true,
+            "fleet/sensor-1/x",
+            1,
+            false,
+            3,
+            &[],
+            b"mine",
+        ))
+        .await?;
     let mut delivered = Vec::new();
     let mut acks = 0;
     while acks < 2 || delivered.is_empty() {
@@ -181,16 +260,38 @@ async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_l
     }
     assert_eq!(delivered, vec!["fleet/sensor-1/x".to_owned()]);
     // RETAIN needs iot:RetainPublish, which this policy does not grant.
-    client.send(&publish(true, "fleet/sensor-1/state", 1, true, 4, &[], b"on")).await?;
+    client
+        .send(&publish(
+            true,
+            "fleet/sensor-1/state",
+            1,
+            true,
+            4,
+            &[],
+            b"on",
+        ))
+        .await?;
     assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (4, 0x87));
 
     // Detaching the policy stops the next publish on the live connection.
     {
         let arn = arn.clone();
-        store.transact(move |conn| attachments::detach(conn, "fleet", &arn)).await?;
+        store
+            .transact(move |conn| attachments::detach(conn, "fleet", &arn))
+            .await?;
     }
     tokio::time::sleep(REGISTRY_PROPAGATION).await;
-    client.send(&publish(true, "fleet/sensor-1/x", 1, false, 5, &[], b"after detach")).await?;
+    client
+        .send(&publish(
+            true,
+            "fleet/sensor-1/x",
+            1,
+            false,
+            5,
+            &[],
+            b"after detach",
+        ))
+        .await?;
     assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (5, 0x87));
     Ok(())
 }
