@@ -30,6 +30,7 @@ impl Default for BrokerConfig {
             outbound_queue: 1024,
             connect_timeout: Duration::from_secs(10),
             max_message_expiry: 604_800,
+            max_publishes_per_second: 0,
         }
     }
 }

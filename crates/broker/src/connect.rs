@@ -413,6 +413,7 @@ async fn accept(
         in_aliases: InAliases::new(if v5 { cfg.topic_alias_maximum } else { 0 }),
         acks: Default::default(),
         wbuf,
+        rate_window: (0, 0),
     };
     Ok(Accepted { conn, rx, ctrl_rx })
 }

@@ -81,6 +81,8 @@ pub(crate) struct Conn {
     pub(crate) in_aliases: InAliases,
     pub(crate) acks: VecDeque<PendingAck>,
     pub(crate) wbuf: BytesMut,
+    /// Inbound publish rate: the start of the current one-second window (ms) and the count in it.
+    pub(crate) rate_window: (u64, u32),
 }
 
 enum Event {
@@ -323,7 +325,24 @@ impl Conn {
         }
     }
 
+    /// Counts one inbound publish against `max_publishes_per_second`; true if over it.
+    fn over_publish_rate(&mut self) -> bool {
+        let limit = self.shared.config.max_publishes_per_second;
+        if limit == 0 {
+            return false;
+        }
+        let now = self.shared.clock.now_ms();
+        let (start, count) = &mut self.rate_window;
+        if now.saturating_sub(*start) >= 1000 {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count > limit
+    }
+
     fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+        let rate_limited = self.over_publish_rate();
         let cfg = &self.shared.config;
         let topic = if self.v5() {
             match self.in_aliases.resolve(p.topic, p.properties.topic_alias) {
@@ -380,6 +399,21 @@ impl Conn {
                     "receive maximum exceeded",
                 ));
             }
+        }
+        if rate_limited {
+            tracing::debug!(client_id = %self.client_id, %topic, "publish rate limit exceeded; dropped");
+            metrics::dropped(metrics::DropReason::RateLimited);
+            let code = if self.v5() {
+                ReasonCode::QuotaExceeded
+            } else {
+                ReasonCode::Success
+            };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.push_ack(PubRespKind::PubAck, pid, code, None),
+                QoS::ExactlyOnce => self.push_ack(PubRespKind::PubRec, pid, code, None),
+            }
+            return Ok(());
         }
         let allowed = self.policy.can_publish(&topic, p.retain)
             && (!p.retain || reserved::retain_allowed(&topic));

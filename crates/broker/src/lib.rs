@@ -121,6 +121,13 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// Message Expiry Interval cap, seconds (AWS: 604,800).
     pub max_message_expiry: u32,
+    /// Inbound PUBLISHes accepted per connection per second; 0 means no limit. AWS IoT Core
+    /// allows 100 and discards the excess; thingd does not limit by default, because a
+    /// self-hosted gateway or load test should not be throttled unless the operator asks.
+    /// Excess QoS 0 is dropped, QoS 1/2 gets reason code 0x97 Quota exceeded (MQTT 5) or is
+    /// acknowledged and dropped (3.1.1, which cannot say no); both are counted in
+    /// `thingd_dropped_messages_total{reason="rate_limited"}`.
+    pub max_publishes_per_second: u32,
 }
 
 /// What the listener knows about a connection before MQTT starts.

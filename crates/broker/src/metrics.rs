@@ -54,6 +54,8 @@ pub(crate) enum DropReason {
     SlowConsumer,
     /// Larger than the receiver's Maximum Packet Size.
     TooLarge,
+    /// Over the publisher's `max_publishes_per_second`.
+    RateLimited,
 }
 
 /// A message was dropped for one receiver.
@@ -63,6 +65,7 @@ pub(crate) fn dropped(reason: DropReason) {
         DropReason::Expired => "expired",
         DropReason::SlowConsumer => "slow_consumer",
         DropReason::TooLarge => "packet_too_large",
+        DropReason::RateLimited => "rate_limited",
     };
     counter!("thingd_dropped_messages_total", "reason" => label).increment(1);
 }

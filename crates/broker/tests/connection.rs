@@ -1143,3 +1143,42 @@ async fn slow_consumer_never_blocks_publisher() {
     assert_eq!(q1, 20, "QoS 1 is queued, not dropped");
     assert!(q0 < 50, "some QoS 0 messages were dropped ({q0})");
 }
+
+#[tokio::test]
+async fn publishes_over_the_per_connection_rate_are_refused_with_quota_exceeded() {
+    let h = Harness::with_config(thingd_broker::BrokerConfig {
+        max_publishes_per_second: 3,
+        ..thingd_broker::BrokerConfig::default()
+    });
+    let mut sub = h.client(V5, "rate-sub").await;
+    sub.subscribe("rate/t", QoS::AtLeastOnce).await;
+    let mut publisher = h.client(V5, "rate-pub").await;
+    for _ in 0..3 {
+        publisher
+            .publish("rate/t", b"ok", QoS::AtLeastOnce, false)
+            .await;
+    }
+    // The fourth publish in the same second is over the limit: 0x97, and not delivered.
+    let pid = publisher.pid();
+    publisher
+        .send(publish(
+            "rate/t",
+            b"over",
+            QoS::AtLeastOnce,
+            false,
+            Some(pid),
+        ))
+        .await;
+    let refused = publisher.expect_resp(PubRespKind::PubAck).await;
+    assert_eq!(refused.reason, ReasonCode::QuotaExceeded);
+    for _ in 0..3 {
+        assert_eq!(sub.receive().await.payload.as_ref(), b"ok");
+    }
+    sub.expect_nothing().await;
+    // A new second opens a new window.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publisher
+        .publish("rate/t", b"later", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(sub.receive().await.payload.as_ref(), b"later");
+}

@@ -96,6 +96,8 @@ pub struct Limits {
     pub connect_timeout_secs: u64,
     /// Longest message expiry, seconds.
     pub max_message_expiry_secs: u32,
+    /// Inbound PUBLISHes per connection per second; 0 means no limit (AWS: 100).
+    pub max_publishes_per_second: u32,
     /// Concurrent connections per listener.
     pub max_connections: usize,
 }
@@ -122,6 +124,7 @@ impl Default for Limits {
             outbound_queue: b.outbound_queue,
             connect_timeout_secs: b.connect_timeout.as_secs(),
             max_message_expiry_secs: b.max_message_expiry,
+            max_publishes_per_second: b.max_publishes_per_second,
             max_connections: 200_000,
         }
     }
@@ -149,6 +152,7 @@ impl Limits {
             outbound_queue: self.outbound_queue,
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),
             max_message_expiry: self.max_message_expiry_secs,
+            max_publishes_per_second: self.max_publishes_per_second,
         }
     }
 }
