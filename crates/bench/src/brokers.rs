@@ -1,0 +1,477 @@
+//! Starting the brokers under test with equivalent settings, sharing one set of
+//! certificates made by thingd's CA, and reading their CPU time and memory from `/proc`.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// The brokers the tool knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Thingd,
+    Mosquitto,
+    Rumqttd,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 3] = [Kind::Thingd, Kind::Mosquitto, Kind::Rumqttd];
+
+    pub(crate) fn parse(s: &str) -> anyhow::Result<Kind> {
+        match s {
+            "thingd" => Ok(Kind::Thingd),
+            "mosquitto" => Ok(Kind::Mosquitto),
+            "rumqttd" => Ok(Kind::Rumqttd),
+            other => bail!("unknown broker {other:?} (thingd, mosquitto, rumqttd)"),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Thingd => "thingd",
+            Kind::Mosquitto => "mosquitto",
+            Kind::Rumqttd => "rumqttd",
+        })
+    }
+}
+
+/// Certificates shared by every broker: thingd's root CA, thingd's server certificate and
+/// key (ECDSA P-256, covers localhost and 127.0.0.1), and one device certificate and key
+/// (ECDSA P-256) that all load-generator connections present.
+#[derive(Clone, Debug)]
+pub(crate) struct Pki {
+    pub(crate) thingd_data: PathBuf,
+    pub(crate) ca: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
+    pub(crate) device_cert: PathBuf,
+    pub(crate) device_key: PathBuf,
+}
+
+impl Pki {
+    /// Creates thingd's data directory (and so its CA) with `thingd cert issue`.
+    pub(crate) fn create(thingd: &Path, work: &Path) -> anyhow::Result<Pki> {
+        let data = work.join("thingd-data");
+        let device = work.join("device");
+        let out = Command::new(thingd)
+            .args([
+                "cert",
+                "issue",
+                "--common-name",
+                "bench-device",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&device)
+            .env("RUST_LOG", "error")
+            .output()
+            .with_context(|| format!("running {}", thingd.display()))?;
+        if !out.status.success() {
+            bail!(
+                "thingd cert issue failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let pki = data.join("pki");
+        let result = Pki {
+            thingd_data: data.clone(),
+            ca: device.join("root-ca.pem"),
+            server_cert: pki.join("server.pem"),
+            server_key: pki.join("server.key"),
+            device_cert: device.join("certificate.pem.crt"),
+            device_key: device.join("private.pem.key"),
+        };
+        for path in [
+            &result.ca,
+            &result.server_cert,
+            &result.server_key,
+            &result.device_cert,
+            &result.device_key,
+        ] {
+            if !path.exists() {
+                bail!("{} missing after `thingd cert issue`", path.display());
+            }
+        }
+        Ok(result)
+    }
+
+    /// The rustls client configuration every mTLS connection uses: the device certificate,
+    /// thingd's root CA, no session resumption (every handshake is a full one).
+    pub(crate) fn client_config(&self) -> anyhow::Result<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&self.ca)? {
+            roots.add(cert?)?;
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(&self.device_cert)?.collect::<Result<_, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(&self.device_key)?;
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(config)
+    }
+}
+
+/// A broker process under test.
+pub(crate) struct Broker {
+    pub(crate) kind: Kind,
+    child: Child,
+    pub(crate) tcp: SocketAddr,
+    pub(crate) tls: SocketAddr,
+}
+
+impl Broker {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has exited.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited: {status}", self.kind);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to find and describe one broker before starting it.
+pub(crate) struct Installed {
+    pub(crate) kind: Kind,
+    pub(crate) binary: PathBuf,
+    pub(crate) version: String,
+}
+
+/// Finds `name` on PATH or in the extra places.
+fn which(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .chain(extra.iter().cloned())
+        .find(|p| p.is_file())
+}
+
+/// Locates a broker's binary and version, or says why it is missing.
+pub(crate) fn locate(
+    kind: Kind,
+    thingd: &Path,
+    rumqttd: Option<&Path>,
+    repo: &Path,
+) -> Result<Installed, String> {
+    let binary = match kind {
+        Kind::Thingd => Some(thingd.to_path_buf()),
+        Kind::Mosquitto => which(
+            "mosquitto",
+            &[
+                PathBuf::from("/usr/sbin/mosquitto"),
+                PathBuf::from("/usr/local/sbin/mosquitto"),
+            ],
+        ),
+        Kind::Rumqttd => rumqttd.map(Path::to_path_buf).or_else(|| {
+            let mut extra = vec![repo.join("target/bench-tools/bin/rumqttd")];
+            if let Some(home) = std::env::var_os("CARGO_HOME") {
+                extra.push(PathBuf::from(home).join("bin/rumqttd"));
+            }
+            if let Some(home) = std::env::var_os("HOME") {
+                extra.push(PathBuf::from(home).join(".cargo/bin/rumqttd"));
+            }
+            which("rumqttd", &extra)
+        }),
+    };
+    let Some(binary) = binary.filter(|p| p.is_file()) else {
+        return Err(match kind {
+            Kind::Thingd => format!("{} not found", thingd.display()),
+            Kind::Mosquitto => "not installed (apt-get install mosquitto)".to_owned(),
+            Kind::Rumqttd => "not installed (cargo install rumqttd --features verify-client-cert \
+                              --root target/bench-tools)"
+                .to_owned(),
+        });
+    };
+    let args: &[&str] = match kind {
+        Kind::Mosquitto => &["-h"],
+        _ => &["--version"],
+    };
+    let version = Command::new(&binary)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines()
+                .find(|l| l.to_lowercase().contains("version") || l.contains(' '))
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    Ok(Installed {
+        kind,
+        binary,
+        version,
+    })
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// The configuration thingd runs with (all values are its AWS-like defaults, written out).
+pub(crate) const THINGD_TOML: &str = "\
+[limits]
+receive_maximum = 100
+max_inflight_out = 100
+max_queued_messages = 100000
+outbound_queue = 1024
+max_connections = 200000
+";
+
+/// True when this process runs as root.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
+        .unwrap_or(false)
+}
+
+pub(crate) fn mosquitto_conf(pki: &Pki, tcp: SocketAddr, tls: SocketAddr) -> String {
+    // Started as root, Mosquitto would switch to the `mosquitto` user, which cannot read
+    // the certificates in the private work directory.
+    let user = if is_root() { "user root\n" } else { "" };
+    format!(
+        "\
+{user}per_listener_settings false
+allow_anonymous true
+persistence false
+log_dest none
+log_type none
+connection_messages false
+sys_interval 0
+max_connections -1
+max_inflight_messages 100
+max_queued_messages 100000
+set_tcp_nodelay true
+
+listener {} {}
+
+listener {} {}
+cafile {}
+certfile {}
+keyfile {}
+require_certificate true
+",
+        tcp.port(),
+        tcp.ip(),
+        tls.port(),
+        tls.ip(),
+        pki.ca.display(),
+        pki.server_cert.display(),
+        pki.server_key.display()
+    )
+}
+
+pub(crate) fn rumqttd_toml(pki: &Pki, tcp: SocketAddr, tls: SocketAddr) -> String {
+    let connections = "\
+connection_timeout_ms = 10000
+max_payload_size = 131072
+max_inflight_count = 100
+dynamic_filters = true";
+    format!(
+        "\
+id = 0
+
+[router]
+id = 0
+max_connections = 20000
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = \"tcp\"
+listen = \"{tcp}\"
+next_connection_delay_ms = 0
+[v4.1.connections]
+{connections}
+
+[v4.2]
+name = \"mtls\"
+listen = \"{tls}\"
+next_connection_delay_ms = 0
+[v4.2.tls]
+capath = \"{}\"
+certpath = \"{}\"
+keypath = \"{}\"
+[v4.2.connections]
+{connections}
+",
+        pki.ca.display(),
+        pki.server_cert.display(),
+        pki.server_key.display()
+    )
+}
+
+/// Starts a broker with its TCP and mTLS listeners on 127.0.0.1 and waits until both accept.
+pub(crate) fn start(inst: &Installed, pki: &Pki, work: &Path) -> anyhow::Result<Broker> {
+    let log = std::fs::File::create(work.join(format!("{}.log", inst.kind)))?;
+    let (child, tcp, tls) = match inst.kind {
+        Kind::Thingd => {
+            let config = work.join("thingd.toml");
+            std::fs::write(&config, THINGD_TOML)?;
+            let listeners = pki.thingd_data.join("listeners.json");
+            let _ = std::fs::remove_file(&listeners);
+            let child = Command::new(&inst.binary)
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .arg("--data-dir")
+                .arg(&pki.thingd_data)
+                .args(["--mqtts", "127.0.0.1:0", "--mqtt-plain", "127.0.0.1:0"])
+                .args(["--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+                .args(["--api", "127.0.0.1:0"])
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?;
+            let mut child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let json = loop {
+                if let Ok(text) = std::fs::read_to_string(&listeners)
+                    && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+                {
+                    break json;
+                }
+                if let Some(c) = child.as_mut()
+                    && let Some(status) = c.try_wait()?
+                {
+                    bail!(
+                        "thingd exited during start: {status} (see {}/thingd.log)",
+                        work.display()
+                    );
+                }
+                if Instant::now() > deadline {
+                    bail!("thingd did not write listeners.json within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let addr = |key: &str| -> anyhow::Result<SocketAddr> {
+                Ok(json[key]
+                    .as_str()
+                    .with_context(|| format!("{key} in listeners.json"))?
+                    .parse()?)
+            };
+            let (tcp, tls) = (addr("mqtt_plain")?, addr("mqtts")?);
+            (child.take().context("child")?, tcp, tls)
+        }
+        Kind::Mosquitto => {
+            let (tcp, tls) = (free_port()?, free_port()?);
+            let conf = work.join("mosquitto.conf");
+            std::fs::write(&conf, mosquitto_conf(pki, tcp, tls))?;
+            let child = Command::new(&inst.binary)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?;
+            (child, tcp, tls)
+        }
+        Kind::Rumqttd => {
+            let (tcp, tls) = (free_port()?, free_port()?);
+            let conf = work.join("rumqttd.toml");
+            std::fs::write(&conf, rumqttd_toml(pki, tcp, tls))?;
+            let child = Command::new(&inst.binary)
+                .arg("--quiet")
+                .arg("--config")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?;
+            (child, tcp, tls)
+        }
+    };
+    let mut broker = Broker {
+        kind: inst.kind,
+        child,
+        tcp,
+        tls,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for addr in [tcp, tls] {
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Err(e) = broker.check_alive() {
+                let log = std::fs::read_to_string(work.join(format!("{}.log", inst.kind)))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!(
+                    "{e:#}; its log ends: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not listen on {addr} within 30 s", inst.kind);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(broker)
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat`.
+pub(crate) fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds the process has used (all threads).
+pub(crate) fn cpu_secs(pid: u32, ticks: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15.
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / ticks)
+}
+
+/// Resident set size in KiB.
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}

@@ -1,0 +1,688 @@
+//! The scenarios. Each is bounded in count and time, stops itself, and returns what it
+//! measured; for QoS 1 a run where fewer messages arrive than were sent is an error.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
+use thingd_mqtt::{ByteStr, Packet, PubRespKind, QoS};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::brokers::{cpu_secs, rss_kib};
+use crate::client::{Conn, Endpoint, now_nanos, payload, sent_at};
+
+/// Unacknowledged QoS 1 PUBLISHes a publisher keeps in flight (below every broker's
+/// receive/inflight limit of 100).
+const MQTT_WINDOW: u32 = 64;
+/// Messages all publishers of a QoS 1 scenario may be ahead of the subscribers, end to end,
+/// so no broker ever has to drop a message because a subscriber's queue (1000) is full.
+const E2E_WINDOW: usize = 500;
+/// A subscriber gives up after this long without a message.
+const IDLE: Duration = Duration::from_secs(5);
+/// Connections opened in parallel while setting up many clients.
+const SETUP_PARALLEL: usize = 64;
+
+/// What a scenario is, with its counts.
+#[derive(Clone, Debug)]
+pub(crate) enum Scenario {
+    /// 1 publisher → 1 subscriber, as fast as possible, `count` messages.
+    OneToOne { qos: QoS, size: usize, count: u64 },
+    /// 1 publisher → `subs` subscribers of one topic, `count` messages (QoS 1).
+    FanOut { subs: usize, count: u64 },
+    /// `pubs` publishers → 1 subscriber of `.../+` (or `$share/bench/.../+`), `per_pub`
+    /// messages each (QoS 1).
+    FanIn {
+        pubs: usize,
+        per_pub: u64,
+        shared: bool,
+    },
+    /// `pairs` publisher→subscriber pairs on their own topics, `rate` messages per second
+    /// each for `secs` seconds (QoS 1): latency under a steady load.
+    FixedRate { pairs: usize, rate: u64, secs: u64 },
+    /// `conns` connections opened and held idle: broker memory per connection.
+    Idle { conns: usize },
+    /// Connect (TCP, TLS handshake, CONNECT/CONNACK) and disconnect, `parallel` at a time,
+    /// until `count` or `secs`.
+    Storm {
+        parallel: usize,
+        count: u64,
+        secs: u64,
+    },
+}
+
+impl Scenario {
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Scenario::OneToOne { qos, size, .. } => {
+                let size = if *size >= 1024 {
+                    format!("{} KB", size / 1024)
+                } else {
+                    format!("{size} B")
+                };
+                format!("1→1 QoS {} {size}", *qos as u8)
+            }
+            Scenario::FanOut { subs, .. } => format!("fan-out 1→{subs} QoS 1 16 B"),
+            Scenario::FanIn { pubs, shared, .. } => {
+                if *shared {
+                    format!("fan-in {pubs}→1 $share QoS 1 16 B")
+                } else {
+                    format!("fan-in {pubs}→1 QoS 1 16 B")
+                }
+            }
+            Scenario::FixedRate { pairs, rate, .. } => {
+                format!(
+                    "{pairs}:{pairs} at {} msg/s QoS 1 16 B",
+                    *pairs as u64 * rate
+                )
+            }
+            Scenario::Idle { conns } => format!("{conns} idle connections"),
+            Scenario::Storm { parallel, .. } => format!("connect storm ({parallel} parallel)"),
+        }
+    }
+
+    pub(crate) fn is_connection_scenario(&self) -> bool {
+        matches!(self, Scenario::Idle { .. } | Scenario::Storm { .. })
+    }
+
+    /// The most connections the scenario holds at once.
+    pub(crate) fn connections(&self) -> usize {
+        match self {
+            Scenario::OneToOne { .. } => 2,
+            Scenario::FanOut { subs, .. } => subs + 1,
+            Scenario::FanIn { pubs, .. } => pubs + 1,
+            Scenario::FixedRate { pairs, .. } => 2 * pairs,
+            Scenario::Idle { conns } => *conns,
+            Scenario::Storm { parallel, .. } => *parallel,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Default)]
+pub(crate) struct Measured {
+    /// Messages published (message scenarios) or connections attempted.
+    pub(crate) sent: u64,
+    /// Messages the subscribers should have received (`sent` × subscribers).
+    pub(crate) expected: u64,
+    /// Messages delivered, or connections completed.
+    pub(crate) done: u64,
+    /// Wall time of the measured part, seconds.
+    pub(crate) secs: f64,
+    /// Broker CPU seconds over the measured part.
+    pub(crate) cpu: f64,
+    /// Latency, microseconds.
+    pub(crate) latency: Option<Histogram<u64>>,
+    /// Broker RSS growth per connection, KiB (idle scenario).
+    pub(crate) rss_per_conn_kib: Option<f64>,
+    /// QoS 0: losses are allowed and reported, not an error.
+    pub(crate) lossy: bool,
+}
+
+impl Measured {
+    pub(crate) fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.done as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    pub(crate) fn cpu_us_per(&self) -> f64 {
+        if self.done > 0 {
+            self.cpu * 1e6 / self.done as f64
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// `Err` when the numbers are not sane: nothing done, or a QoS 1 loss.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        if self.done == 0 || !self.rate().is_finite() || self.rate() <= 0.0 {
+            bail!("nothing measured (done = {}, {} s)", self.done, self.secs);
+        }
+        if !self.lossy && self.done != self.expected {
+            bail!("received {} of {} messages", self.done, self.expected);
+        }
+        if self.done > self.expected {
+            bail!(
+                "received {} messages but expected at most {}",
+                self.done,
+                self.expected
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The broker being measured.
+#[derive(Clone, Copy)]
+pub(crate) struct Target {
+    pub(crate) pid: u32,
+    pub(crate) ticks: f64,
+}
+
+impl Target {
+    fn cpu(&self) -> anyhow::Result<f64> {
+        cpu_secs(self.pid, self.ticks)
+    }
+}
+
+/// Runs one scenario against one endpoint; `tag` makes client ids and topics unique.
+pub(crate) async fn run(
+    scenario: &Scenario,
+    ep: &Endpoint,
+    target: Target,
+    tag: &str,
+) -> anyhow::Result<Measured> {
+    let cap = Duration::from_secs(120);
+    let work = async {
+        match scenario {
+            Scenario::OneToOne { qos, size, count } => {
+                messages(ep, target, tag, 1, 1, *count, *qos, *size, Shape::Direct).await
+            }
+            Scenario::FanOut { subs, count } => {
+                messages(
+                    ep,
+                    target,
+                    tag,
+                    1,
+                    *subs,
+                    *count,
+                    QoS::AtLeastOnce,
+                    16,
+                    Shape::Direct,
+                )
+                .await
+            }
+            Scenario::FanIn {
+                pubs,
+                per_pub,
+                shared,
+            } => {
+                let shape = if *shared {
+                    Shape::SharedWildcard
+                } else {
+                    Shape::Wildcard
+                };
+                messages(
+                    ep,
+                    target,
+                    tag,
+                    *pubs,
+                    1,
+                    *per_pub,
+                    QoS::AtLeastOnce,
+                    16,
+                    shape,
+                )
+                .await
+            }
+            Scenario::FixedRate { pairs, rate, secs } => {
+                fixed_rate(ep, target, tag, *pairs, *rate, *secs).await
+            }
+            Scenario::Idle { conns } => idle(ep, target, tag, *conns).await,
+            Scenario::Storm {
+                parallel,
+                count,
+                secs,
+            } => storm(ep, target, tag, *parallel, *count, *secs).await,
+        }
+    };
+    tokio::time::timeout(cap, work)
+        .await
+        .with_context(|| format!("scenario did not finish within {} s", cap.as_secs()))?
+}
+
+/// Loopback source address for the `i`-th connection: several addresses so that many
+/// connections (and TIME_WAIT sockets) do not run out of ephemeral ports.
+fn source(i: usize) -> Option<Ipv4Addr> {
+    Some(Ipv4Addr::new(127, 0, 0, 1 + (i % 8) as u8))
+}
+
+/// Opens `n` connections, `SETUP_PARALLEL` at a time; ids are `{prefix}{i}`.
+async fn open_many(ep: &Endpoint, prefix: &str, n: usize) -> anyhow::Result<Vec<Conn>> {
+    let mut out: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..SETUP_PARALLEL.min(n) {
+        let (ep, next, prefix) = (ep.clone(), next.clone(), prefix.to_owned());
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    break;
+                }
+                let conn = Conn::connect(&ep, &format!("{prefix}{i}"), source(i))
+                    .await
+                    .with_context(|| format!("connection {i} of {n}"))?;
+                mine.push((i, conn));
+            }
+            anyhow::Ok(mine)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        for (i, c) in r?? {
+            out[i] = Some(c);
+        }
+    }
+    out.into_iter()
+        .map(|c| c.context("connection missing"))
+        .collect()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Every publisher publishes to the one topic everyone subscribes to.
+    Direct,
+    /// Publisher `i` publishes to `.../i`; subscribers subscribe to `.../+`.
+    Wildcard,
+    /// As `Wildcard`, through `$share/bench/.../+`.
+    SharedWildcard,
+}
+
+/// What every subscriber shares: delivered count and the end-to-end credit.
+struct Progress {
+    received: AtomicU64,
+    credit: Option<Semaphore>,
+    last_nanos: AtomicU64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn messages(
+    ep: &Endpoint,
+    target: Target,
+    tag: &str,
+    pubs: usize,
+    subs: usize,
+    per_pub: u64,
+    qos: QoS,
+    size: usize,
+    shape: Shape,
+) -> anyhow::Result<Measured> {
+    let base = format!("bench/{tag}");
+    let filter = match shape {
+        Shape::Direct => base.clone(),
+        Shape::Wildcard => format!("{base}/+"),
+        Shape::SharedWildcard => format!("$share/bench/{base}/+"),
+    };
+    let mut sub_conns = open_many(ep, &format!("{tag}-s"), subs).await?;
+    for c in &mut sub_conns {
+        c.subscribe(&filter, qos).await?;
+    }
+    let pub_conns = open_many(ep, &format!("{tag}-p"), pubs).await?;
+    let sent_total = per_pub * pubs as u64;
+    // With QoS 1 the publishers stay within E2E_WINDOW messages of the subscribers.
+    let credit = (qos == QoS::AtLeastOnce && subs == 1).then(|| Semaphore::new(E2E_WINDOW));
+    let progress = Arc::new(Progress {
+        received: AtomicU64::new(0),
+        credit,
+        last_nanos: AtomicU64::new(0),
+    });
+
+    let cpu0 = target.cpu()?;
+    let t0 = now_nanos();
+    let start = Instant::now();
+    let mut subs_set = JoinSet::new();
+    let per_sub = sent_total;
+    for conn in sub_conns {
+        let progress = progress.clone();
+        subs_set.spawn(subscriber(conn, per_sub, progress));
+    }
+    let mut pubs_set = JoinSet::new();
+    for (i, conn) in pub_conns.into_iter().enumerate() {
+        let topic = ByteStr::from(match shape {
+            Shape::Direct => base.clone(),
+            _ => format!("{base}/{i}"),
+        });
+        let progress = progress.clone();
+        pubs_set.spawn(publisher(conn, topic, qos, size, per_pub, progress));
+    }
+    let mut sent = 0;
+    let mut errors = Vec::new();
+    while let Some(r) = pubs_set.join_next().await {
+        match r? {
+            Ok(n) => sent += n,
+            Err(e) => errors.push(format!("publisher: {e:#}")),
+        }
+    }
+    let mut hist = new_histogram();
+    while let Some(r) = subs_set.join_next().await {
+        match r? {
+            Ok(h) => hist.add(h)?,
+            Err(e) => errors.push(format!("subscriber: {e:#}")),
+        }
+    }
+    let cpu1 = target.cpu()?;
+    let wall = start.elapsed().as_secs_f64();
+    if let Some(first) = errors.first() {
+        bail!("{} error(s), first: {first}", errors.len());
+    }
+    let last = progress.last_nanos.load(Ordering::Relaxed);
+    let secs = if last > t0 {
+        (last - t0) as f64 / 1e9
+    } else {
+        wall
+    };
+    Ok(Measured {
+        sent,
+        expected: sent * subs as u64,
+        done: progress.received.load(Ordering::Relaxed),
+        secs,
+        cpu: cpu1 - cpu0,
+        latency: Some(hist),
+        rss_per_conn_kib: None,
+        lossy: qos == QoS::AtMostOnce,
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Two significant figures keep a histogram at ~40 KB, so 1,000 subscribers can each
+    // have one; 1 µs .. 120 s.
+    Histogram::new_with_bounds(1, 120_000_000, 2).expect("valid histogram bounds")
+}
+
+/// Publishes `count` messages as fast as the flow control allows; returns how many it sent.
+async fn publisher(
+    mut conn: Conn,
+    topic: ByteStr,
+    qos: QoS,
+    size: usize,
+    count: u64,
+    progress: Arc<Progress>,
+) -> anyhow::Result<u64> {
+    let mut sent = 0u64;
+    let mut inflight = 0u32;
+    while sent < count || inflight > 0 {
+        while sent < count
+            && (qos == QoS::AtMostOnce || inflight < MQTT_WINDOW)
+            && conn.pending_write() < 32 * 1024
+        {
+            if let Some(credit) = &progress.credit {
+                match credit.try_acquire() {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => break,
+                }
+            }
+            conn.queue_publish(&topic, qos, payload(size, sent))?;
+            sent += 1;
+            if qos == QoS::AtLeastOnce {
+                inflight += 1;
+            }
+        }
+        if conn.pending_write() > 0 {
+            conn.flush().await?;
+        }
+        if qos == QoS::AtMostOnce {
+            continue;
+        }
+        if inflight > 0 {
+            tokio::time::timeout(Duration::from_secs(30), conn.fill())
+                .await
+                .context("no PUBACK within 30 s")??;
+            while let Some(p) = conn.try_decode()? {
+                if let Packet::PubResp(r) = p
+                    && r.kind == PubRespKind::PubAck
+                {
+                    inflight = inflight.saturating_sub(1);
+                }
+            }
+        } else if sent < count
+            && let Some(credit) = &progress.credit
+        {
+            tokio::time::timeout(Duration::from_secs(30), credit.acquire())
+                .await
+                .context("subscribers stalled for 30 s")??
+                .forget();
+            conn.queue_publish(&topic, qos, payload(size, sent))?;
+            sent += 1;
+            inflight += 1;
+        }
+    }
+    conn.disconnect().await?;
+    Ok(sent)
+}
+
+/// Receives until `expect` messages arrived or nothing came for `IDLE`; acknowledges QoS 1.
+async fn subscriber(
+    mut conn: Conn,
+    expect: u64,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = new_histogram();
+    let mut got = 0u64;
+    loop {
+        while let Some(p) = conn.try_decode()? {
+            if let Packet::Publish(p) = p {
+                let now = now_nanos();
+                if let Some(t) = sent_at(&p.payload) {
+                    hist.saturating_record(now.saturating_sub(t) / 1000);
+                }
+                got += 1;
+                progress.received.fetch_add(1, Ordering::Relaxed);
+                progress.last_nanos.fetch_max(now, Ordering::Relaxed);
+                if let Some(id) = p.packet_id {
+                    conn.queue_puback(id)?;
+                }
+                if let Some(credit) = &progress.credit {
+                    credit.add_permits(1);
+                }
+            }
+        }
+        if conn.pending_write() > 0 {
+            conn.flush().await?;
+        }
+        if got >= expect {
+            break;
+        }
+        match tokio::time::timeout(IDLE, conn.fill()).await {
+            Ok(r) => r?,
+            Err(_) => break,
+        }
+    }
+    conn.disconnect().await?;
+    Ok(hist)
+}
+
+async fn fixed_rate(
+    ep: &Endpoint,
+    target: Target,
+    tag: &str,
+    pairs: usize,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<Measured> {
+    let mut subs = open_many(ep, &format!("{tag}-s"), pairs).await?;
+    for (i, c) in subs.iter_mut().enumerate() {
+        c.subscribe(&format!("bench/{tag}/{i}"), QoS::AtLeastOnce)
+            .await?;
+    }
+    let pubs = open_many(ep, &format!("{tag}-p"), pairs).await?;
+    let per_pub = rate * secs;
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let progress = Arc::new(Progress {
+        received: AtomicU64::new(0),
+        credit: None,
+        last_nanos: AtomicU64::new(0),
+    });
+    let cpu0 = target.cpu()?;
+    let start = Instant::now();
+    let mut subs_set = JoinSet::new();
+    for conn in subs {
+        subs_set.spawn(subscriber(conn, per_pub, progress.clone()));
+    }
+    let mut pubs_set = JoinSet::new();
+    for (i, mut conn) in pubs.into_iter().enumerate() {
+        let topic = ByteStr::from(format!("bench/{tag}/{i}"));
+        // Spread the publishers evenly over one period.
+        let offset = period.mul_f64(i as f64 / pairs as f64);
+        pubs_set.spawn(async move {
+            let mut next = tokio::time::Instant::from_std(start) + offset;
+            let mut inflight = 0u64;
+            for seq in 0..per_pub {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(next) => break,
+                        r = conn.fill() => {
+                            r?;
+                            while let Some(p) = conn.try_decode()? {
+                                if matches!(p, Packet::PubResp(_)) {
+                                    inflight = inflight.saturating_sub(1);
+                                }
+                            }
+                        }
+                    }
+                }
+                conn.queue_publish(&topic, QoS::AtLeastOnce, payload(16, seq))?;
+                inflight += 1;
+                conn.flush().await?;
+                next += period;
+            }
+            while inflight > 0 {
+                tokio::time::timeout(Duration::from_secs(30), conn.fill())
+                    .await
+                    .context("no PUBACK within 30 s")??;
+                while let Some(p) = conn.try_decode()? {
+                    if matches!(p, Packet::PubResp(_)) {
+                        inflight -= 1;
+                    }
+                }
+            }
+            conn.disconnect().await?;
+            anyhow::Ok(per_pub)
+        });
+    }
+    let mut sent = 0;
+    let mut errors = Vec::new();
+    while let Some(r) = pubs_set.join_next().await {
+        match r? {
+            Ok(n) => sent += n,
+            Err(e) => errors.push(format!("publisher: {e:#}")),
+        }
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    let mut hist = new_histogram();
+    while let Some(r) = subs_set.join_next().await {
+        match r? {
+            Ok(h) => hist.add(h)?,
+            Err(e) => errors.push(format!("subscriber: {e:#}")),
+        }
+    }
+    let cpu1 = target.cpu()?;
+    if let Some(first) = errors.first() {
+        bail!("{} error(s), first: {first}", errors.len());
+    }
+    Ok(Measured {
+        sent,
+        expected: sent,
+        done: progress.received.load(Ordering::Relaxed),
+        secs: publish_secs,
+        cpu: cpu1 - cpu0,
+        latency: Some(hist),
+        rss_per_conn_kib: None,
+        lossy: false,
+    })
+}
+
+async fn idle(ep: &Endpoint, target: Target, tag: &str, n: usize) -> anyhow::Result<Measured> {
+    // Small (smoke) runs need no settling time.
+    let settle = if n >= 1000 {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(100)
+    };
+    tokio::time::sleep(settle / 4).await;
+    let rss0 = rss_kib(target.pid)?;
+    let cpu0 = target.cpu()?;
+    let start = Instant::now();
+    let conns = open_many(ep, &format!("{tag}-i"), n).await?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu1 = target.cpu()?;
+    // Let the broker settle, then check every connection is still open and take the RSS.
+    tokio::time::sleep(settle).await;
+    let rss1 = rss_kib(target.pid)?;
+    let mut alive = 0u64;
+    for mut c in conns {
+        c.queue(&Packet::PingReq)?;
+        c.flush().await?;
+        match c.recv_timeout(Duration::from_secs(10)).await? {
+            Some(Packet::PingResp) => alive += 1,
+            other => bail!("PINGREQ on an idle connection: got {other:?}"),
+        }
+        drop(c);
+    }
+    Ok(Measured {
+        sent: n as u64,
+        expected: n as u64,
+        done: alive,
+        secs,
+        cpu: cpu1 - cpu0,
+        latency: None,
+        rss_per_conn_kib: Some((rss1 as f64 - rss0 as f64) / n as f64),
+        lossy: false,
+    })
+}
+
+async fn storm(
+    ep: &Endpoint,
+    target: Target,
+    tag: &str,
+    parallel: usize,
+    count: u64,
+    secs: u64,
+) -> anyhow::Result<Measured> {
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let cpu0 = target.cpu()?;
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..parallel {
+        let (ep, next, done, tag) = (ep.clone(), next.clone(), done.clone(), tag.to_owned());
+        set.spawn(async move {
+            let mut hist = new_histogram();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count || Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                let conn = Conn::connect(&ep, &format!("{tag}-h{i}"), source(i as usize))
+                    .await
+                    .with_context(|| format!("connection {i}"))?;
+                hist.saturating_record(t.elapsed().as_micros() as u64);
+                conn.disconnect().await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(hist)
+        });
+    }
+    let mut hist = new_histogram();
+    let mut errors = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r? {
+            Ok(h) => hist.add(h)?,
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu1 = target.cpu()?;
+    if let Some(first) = errors.first() {
+        bail!("{} error(s), first: {first}", errors.len());
+    }
+    let n = done.load(Ordering::Relaxed);
+    Ok(Measured {
+        sent: n,
+        expected: n,
+        done: n,
+        secs,
+        cpu: cpu1 - cpu0,
+        latency: Some(hist),
+        rss_per_conn_kib: None,
+        lossy: false,
+    })
+}

@@ -1,0 +1,51 @@
+//! CI check of the benchmark tool: `thingd-bench compare --smoke` against thingd and
+//! Mosquitto must deliver every message with no error. Mosquitto is required (`.ci/run`
+//! installs it), so a machine without it fails here rather than skipping.
+//!
+//! Needs the thingd binary next to this test's profile directory: run
+//! `cargo build --workspace --bins` first (`scripts/test` does).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn thingd_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("THINGD_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/smoke-<hash> -> target/<profile>/thingd
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/<profile>/deps")
+        .join("thingd");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build --workspace --bins`",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn smoke_comparison_delivers_everything() {
+    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
+        .args(["compare", "--smoke", "--brokers", "thingd,mosquitto"])
+        .arg("--thingd")
+        .arg(thingd_binary())
+        .output()
+        .expect("run thingd-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "thingd-bench compare --smoke failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    // Both brokers ran and appear in the table.
+    for broker in ["| thingd |", "| mosquitto |"] {
+        assert!(stdout.contains(broker), "{broker} missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+    assert!(!stdout.contains("missing:"), "{stdout}");
+}
