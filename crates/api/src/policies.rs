@@ -655,13 +655,26 @@ async fn test_authorization(
             Err(e) => tracing::warn!(policy = %name, error = %e, "stored policy does not parse"),
         }
     }
+    let certificate_id = match &body.principal {
+        Some(p) => crate::wire::Arns::cert_id_of(p).map(str::to_ascii_lowercase),
+        None => None,
+    };
+    // The certificate's subject and issuer fields, for `${iot:Certificate.*}` variables.
+    let certificate = match certificate_id
+        .as_deref()
+        .and_then(thingd_model::CertificateId::parse)
+    {
+        Some(id) => state
+            .blocking(move |store| Ok(store.certificate(&id)?))
+            .await?
+            .and_then(|record| thingd_auth::certificate_context(&record.pem)),
+        None => None,
+    };
     let variables = Variables {
         client_id,
         thing,
-        certificate_id: match &body.principal {
-            Some(p) => crate::wire::Arns::cert_id_of(p).map(str::to_ascii_lowercase),
-            None => None,
-        },
+        certificate_id,
+        certificate,
         ..Variables::default()
     };
     let mut results = Vec::new();
@@ -980,6 +993,41 @@ mod tests {
             .filter(|v| v["isDefaultVersion"] == true)
             .count();
         assert_eq!(defaults, 1);
+    }
+
+    #[tokio::test]
+    async fn test_authorization_resolves_certificate_fields() {
+        let api = TestApi::new();
+        let doc = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Publish","Resource":"arn:aws:iot:*:*:topic/cn/${iot:Certificate.Subject.CommonName}"}]}"#;
+        api.ok(
+            "POST",
+            "/policies/by-cn",
+            Some(json!({"policyDocument": doc})),
+        )
+        .await;
+        let cert = api
+            .ok("POST", "/keys-and-certificate?setAsActive=true", None)
+            .await;
+        let arn = cert["certificateArn"].as_str().unwrap().to_owned();
+        api.ok(
+            "PUT",
+            "/target-policies/by-cn",
+            Some(json!({"target": arn})),
+        )
+        .await;
+        let auth = api
+            .ok(
+                "POST",
+                "/test-authorization",
+                Some(json!({"principal": arn, "authInfos": [
+                    {"actionType": "PUBLISH", "resources": ["arn:aws:iot:us-east-1:123456789012:topic/cn/AWS IoT Certificate"]},
+                    {"actionType": "PUBLISH", "resources": ["arn:aws:iot:us-east-1:123456789012:topic/cn/someone"]},
+                ]})),
+            )
+            .await;
+        let results = auth["authResults"].as_array().unwrap();
+        assert_eq!(results[0]["authDecision"], "ALLOWED", "{auth}");
+        assert_eq!(results[1]["authDecision"], "IMPLICIT_DENY", "{auth}");
     }
 
     #[tokio::test]
