@@ -11,6 +11,7 @@ mod brokers;
 mod client;
 mod report;
 mod scenarios;
+mod shadows;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ struct Cli {
 enum Cmd {
     /// Benchmark thingd, Mosquitto and rumqttd side by side.
     Compare(CompareArgs),
+    /// Durable Device Shadow updates per second over MQTT (thingd only).
+    Shadows(shadows::ShadowArgs),
 }
 
 #[derive(clap::Args)]
@@ -86,10 +89,18 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Shadows(args) => {
+            let ok = runtime.block_on(shadows::run(args))?;
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .nth(2)
@@ -98,7 +109,7 @@ fn repo_root() -> PathBuf {
 }
 
 /// The thingd binary: given, or built now with the same profile as this tool.
-fn thingd_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn thingd_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path);
     }

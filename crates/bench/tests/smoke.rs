@@ -49,3 +49,33 @@ fn smoke_comparison_delivers_everything() {
     assert!(!stdout.contains("FAILED"), "{stdout}");
     assert!(!stdout.contains("missing:"), "{stdout}");
 }
+
+#[test]
+fn smoke_shadow_updates_are_accepted() {
+    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
+        .args(["shadows", "--smoke"])
+        .arg("--thingd")
+        .arg(thingd_binary())
+        .output()
+        .expect("run thingd-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "thingd-bench shadows --smoke failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 4 |"))
+        .unwrap_or_else(|| panic!("no result row in:\n{stdout}"));
+    let updates: u64 = row
+        .split('|')
+        .nth(3)
+        .and_then(|c| c.trim().parse().ok())
+        .expect("update count");
+    assert!(
+        updates >= 4,
+        "every thing got at least one update accepted: {row}"
+    );
+}
