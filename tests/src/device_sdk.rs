@@ -585,3 +585,65 @@ async fn the_sdk_examples_build_and_run() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_keeps_reporting_through_a_broker_kill_9_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server =
+        ProcessServer::start(dir.path(), &["--api", "127.0.0.1:0"]).expect("thingd serve starts");
+    let thing = "restart-sensor";
+    let device = provision_ready(dir.path(), thing, server.mqtts.port()).await;
+
+    let mut command = Command::new(thingd_binary().unwrap());
+    command
+        .args(["device", "simulate", "--interval", "0.3", "--duration", "8"])
+        .arg("--dir")
+        .arg(&device)
+        .env("RUST_LOG", "warn");
+    let mut simulator = Watched::spawn(&mut command, "thingd device simulate").unwrap();
+    tokio::task::block_in_place(|| simulator.wait_for_line(|l| l.contains("reported temp="), WAIT))
+        .expect("a first report");
+
+    // Kill the broker mid-run (reports in flight are queued in the SDK) and bring it back.
+    tokio::task::block_in_place(|| {
+        server.kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        server.restart().expect("thingd restarts");
+    });
+
+    let finished = tokio::task::block_in_place(|| simulator.finish(WAIT))
+        .and_then(|f| f.ok())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // Every report the simulator made was accepted, including the ones queued while the
+    // broker was down: no report failed.
+    let summary = finished
+        .stdout
+        .lines()
+        .find(|l| l.contains("simulation finished"))
+        .unwrap_or_else(|| panic!("no summary in {finished}"))
+        .to_owned();
+    assert!(summary.ends_with(", 0 errors"), "{summary}\n{finished}");
+    let reports: u64 = summary
+        .split("simulation finished: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("report count in {summary}"));
+    assert!(
+        reports >= 5,
+        "reports kept coming after the restart: {summary}"
+    );
+
+    // The shadow's version counts every accepted report, across the kill -9.
+    let client = Client::connect(options(&device, server.mqtts, thing))
+        .await
+        .unwrap();
+    let shadow = Shadow::classic(&client, thing).await.unwrap();
+    let doc = shadow.get().await.unwrap();
+    let version = doc["version"].as_u64().expect("a version");
+    assert!(
+        version >= reports,
+        "version {version} after {reports} accepted reports: {doc}"
+    );
+    client.disconnect().await;
+}
