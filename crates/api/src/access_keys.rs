@@ -50,16 +50,13 @@ pub fn ensure_admin_key(store: &Store) -> Result<AccessKey, StoreError> {
         secret: random_chars(40, SECRET_CHARS),
     };
     let row = key.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    runtime.block_on(store.transact(move |conn| {
+    store.transact_blocking(move |conn| {
         conn.execute(
             "INSERT INTO access_keys (id, secret, description, created_at) VALUES (?1, ?2, 'admin', ?3)",
             params![row.id, row.secret, crate::wire::now()],
         )?;
         Ok(())
-    }))?;
+    })?;
     Ok(key)
 }
 

@@ -342,23 +342,16 @@ fn attach_policy(
     create_dev: bool,
 ) -> anyhow::Result<()> {
     use thingd_store::registry::security::{attachments, policies};
-    let target = format!(
-        "arn:aws:iot:{}:{}:cert/{certificate_id}",
-        config.region, config.account_id
-    );
+    let target = config.certificate_arn(certificate_id);
     let name = name.to_owned();
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    runtime
-        .block_on(store.transact(move |conn| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_default();
+    store
+        .transact_blocking(move |conn| {
+            let now = crate::provision::unix_now();
             if create_dev && policies::get(conn, &name)?.is_none() {
                 policies::create(conn, &name, DEV_POLICY_DOCUMENT, now)?;
             }
             attachments::attach(conn, &name, &target, now)
-        }))
+        })
         .with_context(|| "attaching the policy")?;
     Ok(())
 }

@@ -206,6 +206,14 @@ impl Config {
             .unwrap_or_else(|| "localhost".to_owned())
     }
 
+    /// The ARN of a certificate of this installation (the form attachments are stored under).
+    pub fn certificate_arn(&self, certificate_id: &str) -> String {
+        format!(
+            "arn:aws:iot:{}:{}:cert/{certificate_id}",
+            self.region, self.account_id
+        )
+    }
+
     /// The database file.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("thingd.db")

@@ -88,10 +88,7 @@ pub fn provision(
         );
     }
     let issued = ca.issue_and_register(store, thing, rsa)?;
-    let certificate_arn = format!(
-        "arn:aws:iot:{}:{}:cert/{}",
-        config.region, config.account_id, issued.id
-    );
+    let certificate_arn = config.certificate_arn(issued.id.as_str());
     let policy_name = format!("{thing}-policy");
     let document = least_privilege_policy(config, thing);
     {
@@ -101,9 +98,8 @@ pub fn provision(
             document.clone(),
             certificate_arn.clone(),
         );
-        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-        runtime
-            .block_on(store.transact(move |conn| {
+        store
+            .transact_blocking(move |conn| {
                 let now = unix_now();
                 // Provisioning an existing thing again is allowed: the thing is reused.
                 things::create(
@@ -125,7 +121,7 @@ pub fn provision(
                     "NON_EXCLUSIVE_THING",
                     now,
                 )
-            }))
+            })
             .with_context(|| format!("registering thing {thing}"))?;
     }
 
@@ -168,7 +164,8 @@ pub fn provision(
     })
 }
 
-fn unix_now() -> i64 {
+/// The current time in Unix seconds.
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

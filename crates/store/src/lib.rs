@@ -274,6 +274,40 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let (slot, done) = self.submit_transaction(f)?;
+        done.await.map_err(|_| StoreError::Closed)??;
+        take_value(&slot)
+    }
+
+    /// Blocking variant of [`Store::transact`], for command-line tools and startup code.
+    /// Like [`Store::write_blocking`], it must not be called inside an async task.
+    pub fn transact_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (slot, done) = self.submit_transaction(f)?;
+        done.blocking_recv().map_err(|_| StoreError::Closed)??;
+        take_value(&slot)
+    }
+
+    /// Hands `f` to the writer; the receiver resolves after the commit, when the slot holds
+    /// `f`'s value.
+    #[allow(clippy::type_complexity)]
+    fn submit_transaction<T, F>(
+        &self,
+        f: F,
+    ) -> Result<
+        (
+            std::sync::Arc<Mutex<Option<T>>>,
+            oneshot::Receiver<Result<(), StoreError>>,
+        ),
+        StoreError,
+    >
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let slot = std::sync::Arc::new(Mutex::new(None));
         let out = slot.clone();
         let func: writer::TransactFn = Box::new(move |conn| {
@@ -289,10 +323,7 @@ impl Store {
                 reply: Some(reply),
             })
             .map_err(|_| StoreError::Closed)?;
-        done.await.map_err(|_| StoreError::Closed)??;
-        slot.lock()
-            .take()
-            .ok_or_else(|| StoreError::Corrupt("transaction produced no value".to_owned()))
+        Ok((slot, done))
     }
 
     /// Runs `f` on the read connection (blocking; call from `spawn_blocking` in async code).
@@ -383,6 +414,13 @@ impl Store {
     pub fn close(&self) {
         self.shared.stop_writer();
     }
+}
+
+/// The value a committed transaction left in its slot.
+fn take_value<T>(slot: &Mutex<Option<T>>) -> Result<T, StoreError> {
+    slot.lock()
+        .take()
+        .ok_or_else(|| StoreError::Corrupt("transaction produced no value".to_owned()))
 }
 
 /// Records, inside a `Store::transact` closure, that this transaction changes something an
