@@ -129,6 +129,16 @@ impl InternalClient {
         rx.await.map_err(|_| ClientError::Closed)?
     }
 
+    /// The next message if one is already waiting (`Ok(None)`: none yet); `Err` once the
+    /// connection is gone and every message has been taken.
+    pub fn try_recv(&mut self) -> Result<Option<Message>, ClientError> {
+        match self.rx.try_recv() {
+            Ok(message) => Ok(Some(message)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(ClientError::Closed),
+        }
+    }
+
     /// The next message for this client's subscriptions; `None` once the connection is gone.
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await

@@ -305,6 +305,52 @@ impl Broker {
         internal::start(self.clone(), client_id)
     }
 
+    /// Publishes as an in-process service, without a connection: the message is routed to
+    /// every matching subscription (and stored as retained) before this returns, so two
+    /// calls reach each receiver in call order. Not subject to the authorizer; the topic
+    /// must be a valid topic name (an invalid one is refused with `TopicNameInvalid`).
+    ///
+    /// The returned receiver yields `true` once what the message needs to be durable (copies
+    /// queued for persistent sessions, a retained QoS ≥ 1 message) has been committed;
+    /// dropping it does not cancel anything. Receivers get the message at
+    /// min(`qos`, their subscription's QoS), as from any publisher.
+    ///
+    /// This is the cheap path for services that answer many requests (device shadows): no
+    /// encoding, no in-memory pipe, no acknowledgement round trip.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: thingd_mqtt::QoS,
+        retain: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, thingd_mqtt::ReasonCode> {
+        let shared = &self.shared;
+        if reserved::check_publish_topic(topic, &shared.config.topic_limits()).is_err() {
+            return Err(thingd_mqtt::ReasonCode::TopicNameInvalid);
+        }
+        let msg = std::sync::Arc::new(message::AppMsg {
+            topic: thingd_mqtt::ByteStr::from(topic),
+            payload,
+            qos,
+            retain,
+            props: thingd_mqtt::Properties::default(),
+            expires_at: None,
+            origin: None,
+        });
+        metrics::message_in(qos);
+        let mut fx = shared.effects();
+        if retain {
+            let op = shared.retained.set(&msg);
+            if qos == thingd_mqtt::QoS::AtMostOnce {
+                fx.detached.push(op);
+            } else {
+                fx.durable.push(op);
+            }
+        }
+        shared.route(&msg, &mut fx);
+        Ok(shared.commit(fx))
+    }
+
     /// The live retained messages, ordered by topic (for the `iot-data` ListRetainedMessages
     /// and GetRetainedMessage calls). Expired messages are dropped on the way.
     pub fn retained_messages(&self) -> Vec<RetainedMessage> {

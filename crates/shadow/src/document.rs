@@ -59,6 +59,16 @@ pub struct StoredShadow {
 }
 
 impl StoredShadow {
+    /// A live shadow with no state, at `version`.
+    pub fn empty(version: u64) -> Self {
+        StoredShadow {
+            state: Sections::default(),
+            metadata: Sections::default(),
+            version,
+            deleted_at: None,
+        }
+    }
+
     /// True when this is a tombstone left by a delete.
     pub fn is_deleted(&self) -> bool {
         self.deleted_at.is_some()

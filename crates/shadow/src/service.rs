@@ -1,21 +1,35 @@
 //! The running Device Shadow service: the sans-IO core of this crate attached to the broker
-//! (through in-process clients) and to the store.
+//! and to the store.
 //!
 //! Requests come from two doors and take the same path:
 //! - MQTT: an internal client (`$thingd/shadow`) subscribed to [`REQUEST_FILTERS`] at QoS 1
-//!   hears every `get`/`update`/`delete` request; the answers go out on the response topics
-//!   through a second internal client (`$thingd/shadow/responses`), at QoS 1.
+//!   hears every `get`/`update`/`delete` request; the answers are published on the response
+//!   topics straight into the broker ([`Broker::publish`], QoS 1).
 //! - HTTP (`iot-data`): [`ShadowService::get`], [`ShadowService::update`],
 //!   [`ShadowService::delete`] and [`ShadowService::list_named`].
 //!
-//! Ordering and durability: every request for one shadow joins that shadow's *lane*, a FIFO
-//! queue drained by one task, so requests for one shadow run one at a time in the order they
-//! arrived (MQTT and HTTP alike), while different shadows run in parallel. An update or
-//! delete reads the stored row, applies the core operation and writes the result inside one
-//! store transaction (the write is also conditional on the version read); the responses are
-//! published only after that transaction has committed, and the lane moves on only after
-//! they are published, so `accepted`/`delta`/`documents` of version N always precede those
-//! of version N+1.
+//! How a request is served (one *dispatcher* task and one *publisher* task):
+//! 1. The dispatcher takes every request already waiting (MQTT and HTTP, in arrival order, up
+//!    to [`MAX_BATCH`]) as one batch.
+//! 2. It makes sure each shadow of the batch is in the document cache (a miss is read through
+//!    the store's writer, so the read sees every write queued before it).
+//! 3. It runs the operations one after another against the cached documents (so a request
+//!    sees the effect of every request for that shadow before it), updates the cache, and
+//!    queues one store transaction holding every write of the batch (each conditional on the
+//!    version it read). It does not wait for the commit: it goes on with the next batch.
+//! 4. The publisher takes the batches in order, waits for each one's commit, and only then
+//!    publishes its answers (`accepted`/`delta`/`documents` or `rejected`) and replies to the
+//!    HTTP callers.
+//!
+//! So `update/accepted` is published only after the document is committed, and answers for
+//! one shadow leave in the order the requests arrived (version N before N+1), MQTT and HTTP
+//! alike. The expensive work (JSON) runs on the dispatcher, not on the store's single writer
+//! thread, and many requests share one transaction, one fsync and one wake-up.
+//!
+//! If a batch's transaction fails, its writes get 500 `InternalFailure`, the cache is dropped
+//! (re-read from the store on next use), and answers of later batches that were computed from
+//! the failed state without a write of their own (gets, refusals) get 500 too. A write
+//! computed from the failed state cannot commit: its version check fails, and it gets 500.
 //!
 //! Throttling: at most [`MAX_IN_FLIGHT_PER_THING`] requests per thing may be queued or
 //! running at once; one more is answered at once with 429 `Too many requests` (MQTT:
@@ -26,7 +40,7 @@
 //! a get publishes nothing; a refused HTTP request publishes nothing (its caller gets the
 //! error).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,9 +63,6 @@ use crate::{
 /// The client id that hears shadow requests.
 pub const SHADOW_CLIENT_ID: &str = "$thingd/shadow";
 
-/// The client id that publishes shadow responses.
-pub const RESPONSES_CLIENT_ID: &str = "$thingd/shadow/responses";
-
 /// Requests of one thing (all its shadows, MQTT and HTTP together) that may be queued or
 /// running at once; the next one gets 429.
 pub const MAX_IN_FLIGHT_PER_THING: usize = 10;
@@ -62,6 +73,19 @@ pub const MAX_PAGE_SIZE: usize = 100;
 /// `pageSize` of ListNamedShadowsForThing when the caller gives none.
 pub const DEFAULT_PAGE_SIZE: usize = 25;
 
+/// Most requests served as one batch (one store transaction).
+pub const MAX_BATCH: usize = 512;
+
+/// Shadows whose current document is kept in memory. When the cache is full, a quarter of
+/// it is dropped (and read back from the store on next use).
+pub const CACHED_SHADOWS: usize = 10_000;
+
+/// Batches computed but not yet answered; the dispatcher waits when this many are pending.
+const BATCHES_IN_FLIGHT: usize = 16;
+
+/// HTTP requests waiting for the dispatcher.
+const HTTP_QUEUE: usize = 4096;
+
 /// One page of ListNamedShadowsForThing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedShadowPage {
@@ -71,36 +95,41 @@ pub struct NamedShadowPage {
     pub next_token: Option<String>,
 }
 
-type Job = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
 /// The Device Shadow service; cheap to clone.
 #[derive(Clone)]
 pub struct ShadowService {
-    inner: Arc<Inner>,
+    core: Arc<Core>,
+    requests: mpsc::Sender<Request>,
 }
 
-struct Inner {
+/// What the dispatcher, the publisher and the HTTP door share.
+struct Core {
     store: Store,
     limits: ShadowLimits,
     broker: Broker,
-    /// The responses' connection; replaced if the broker closes it.
-    publisher: Mutex<Arc<InternalClient>>,
-    /// The queue of each shadow that has requests queued or running.
-    lanes: Mutex<HashMap<ShadowId, mpsc::UnboundedSender<Job>>>,
     /// Requests queued or running, per thing.
     in_flight: Mutex<HashMap<ThingName, usize>>,
     max_in_flight: usize,
+    cache: Mutex<Cache>,
+}
+
+/// The current document of recently used shadows, including writes not yet committed.
+struct Cache {
+    /// `None`: the store has no row for this shadow.
+    docs: HashMap<ShadowId, Option<StoredShadow>>,
+    /// Bumped whenever a batch's transaction fails (and the cache is dropped).
+    generation: u64,
 }
 
 /// A request's place in its thing's in-flight count; released on drop.
 struct Permit {
-    inner: Arc<Inner>,
+    core: Arc<Core>,
     thing: ThingName,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut counts = self.inner.in_flight.lock();
+        let mut counts = self.core.in_flight.lock();
         if let Some(n) = counts.get_mut(&self.thing) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -108,6 +137,78 @@ impl Drop for Permit {
             }
         }
     }
+}
+
+/// One request on its way through the service.
+struct Request {
+    id: ShadowId,
+    op: Op,
+    reply: Reply,
+    _permit: Permit,
+}
+
+enum Op {
+    Get {
+        token: Option<String>,
+    },
+    Update {
+        payload: Bytes,
+    },
+    Delete {
+        token: Option<String>,
+        expected_version: Option<u64>,
+    },
+    /// Refused before reaching a document (an unreadable get/delete payload).
+    Refused(ShadowError),
+}
+
+/// Where the answer goes.
+enum Reply {
+    /// Published on the response topics of this request topic.
+    Mqtt(ShadowTopic),
+    /// Returned to the HTTP handler (after publishing what an HTTP request publishes).
+    Http(oneshot::Sender<Result<Answer, ShadowError>>),
+}
+
+/// A successful answer.
+enum Answer {
+    Got(Vec<u8>),
+    Updated(Box<UpdateOutcome>),
+    Deleted(Vec<u8>),
+}
+
+/// A row write of a batch.
+struct Put {
+    thing: String,
+    shadow: String,
+    /// The version of the row the write was computed from (`None`: there was no row).
+    expected: Option<u64>,
+    row: ShadowRow,
+}
+
+/// A request whose answer is computed, waiting for its batch's commit.
+struct Item {
+    request: Request,
+    result: Result<Answer, ShadowError>,
+    /// The request's `clientToken`, for a 500 that replaces the answer.
+    token: Option<String>,
+    /// Its write, as an index into the batch's puts.
+    put: Option<usize>,
+}
+
+/// Per put: `true` if written, `false` if its version check failed.
+type PutResults = Vec<bool>;
+
+type Commit = Pin<Box<dyn Future<Output = Result<PutResults, StoreError>> + Send>>;
+
+/// A computed batch: answers in arrival order and the queued transaction of its writes.
+struct Batch {
+    items: Vec<Item>,
+    /// The puts' ids, for dropping cache entries whose write did not happen.
+    written: Vec<ShadowId>,
+    commit: Option<Commit>,
+    /// The cache generation the answers were computed in.
+    generation: u64,
 }
 
 fn now_secs() -> i64 {
@@ -129,11 +230,6 @@ fn store_failure(error: StoreError) -> ShadowError {
     ShadowError::internal()
 }
 
-fn decode(row: &ShadowRow) -> Result<StoredShadow, StoreError> {
-    StoredShadow::from_bytes(&row.document)
-        .map_err(|e| StoreError::Corrupt(format!("shadow document: {e}")))
-}
-
 fn hex_encode(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -152,7 +248,7 @@ fn hex_decode(token: &str) -> Option<String> {
 impl ShadowService {
     /// Starts the service: subscribes to every shadow request topic (returning once the
     /// broker has granted the subscriptions, so no request published afterwards is missed)
-    /// and serves requests until `shutdown`. The HTTP methods keep working after that.
+    /// and serves MQTT requests until `shutdown`. The HTTP methods keep working after that.
     /// Call inside a tokio runtime.
     pub async fn start(
         broker: &Broker,
@@ -175,154 +271,37 @@ impl ShadowService {
         for filter in REQUEST_FILTERS {
             listener.subscribe(filter, QoS::AtLeastOnce).await?;
         }
-        let service = ShadowService {
-            inner: Arc::new(Inner {
-                store,
-                limits,
-                broker: broker.clone(),
-                publisher: Mutex::new(Arc::new(broker.internal_client(RESPONSES_CLIENT_ID))),
-                lanes: Mutex::new(HashMap::new()),
-                in_flight: Mutex::new(HashMap::new()),
-                max_in_flight: max_in_flight_per_thing.max(1),
+        let core = Arc::new(Core {
+            store,
+            limits,
+            broker: broker.clone(),
+            in_flight: Mutex::new(HashMap::new()),
+            max_in_flight: max_in_flight_per_thing.max(1),
+            cache: Mutex::new(Cache {
+                docs: HashMap::new(),
+                generation: 0,
             }),
-        };
-        tokio::spawn(service.clone().listen(listener, shutdown));
-        Ok(service)
+        });
+        let (requests, http) = mpsc::channel(HTTP_QUEUE);
+        let (batches_tx, batches) = mpsc::channel(BATCHES_IN_FLIGHT);
+        tokio::spawn(core.clone().publish_batches(batches));
+        tokio::spawn(core.clone().dispatch(listener, http, batches_tx, shutdown));
+        Ok(ShadowService { core, requests })
     }
 
     /// The limits the operations apply.
     pub fn limits(&self) -> &ShadowLimits {
-        &self.inner.limits
-    }
-
-    async fn listen(self, mut listener: InternalClient, shutdown: CancellationToken) {
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                message = listener.recv() => message,
-            };
-            match message {
-                Some(message) => self.on_request(message),
-                None => {
-                    if !shutdown.is_cancelled() {
-                        tracing::warn!("the shadow service's broker connection closed");
-                    }
-                    break;
-                }
-            }
-        }
-        tracing::debug!("shadow service stopped listening");
-    }
-
-    /// Queues one MQTT request in its shadow's lane, or answers 429 at once.
-    fn on_request(&self, message: Message) {
-        let Some(topic) = parse_shadow_topic(&message.topic).filter(ShadowTopic::is_request) else {
-            return;
-        };
-        let payload = message.payload;
-        let Some(permit) = self.permit(&topic.id.thing) else {
-            let token = RequestOptions::from_payload(&payload, &self.inner.limits)
-                .ok()
-                .and_then(|o| o.client_token);
-            let error = ShadowError::too_many_requests().with_client_token(token.as_deref());
-            tracing::debug!(topic = %message.topic, "shadow request throttled");
-            let service = self.clone();
-            tokio::spawn(async move { service.publish_rejected(&topic, &error).await });
-            return;
-        };
-        let service = self.clone();
-        let id = topic.id.clone();
-        self.enqueue(
-            &id,
-            Box::pin(async move {
-                let _permit = permit;
-                service.serve_mqtt(topic, payload).await;
-            }),
-        );
-    }
-
-    fn permit(&self, thing: &ThingName) -> Option<Permit> {
-        let mut counts = self.inner.in_flight.lock();
-        let n = counts.entry(thing.clone()).or_default();
-        if *n >= self.inner.max_in_flight {
-            return None;
-        }
-        *n += 1;
-        Some(Permit {
-            inner: self.inner.clone(),
-            thing: thing.clone(),
-        })
-    }
-
-    /// Appends `job` to the lane of `id`, starting the lane if it is idle.
-    fn enqueue(&self, id: &ShadowId, job: Job) {
-        let mut lanes = self.inner.lanes.lock();
-        let job = match lanes.get(id) {
-            Some(tx) => match tx.send(job) {
-                Ok(()) => return,
-                // The lane's task died (a job panicked); start a new one.
-                Err(mpsc::error::SendError(job)) => job,
-            },
-            None => job,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(job);
-        lanes.insert(id.clone(), tx);
-        drop(lanes);
-        tokio::spawn(self.clone().run_lane(id.clone(), rx));
-    }
-
-    /// Runs the jobs of one shadow in order; ends (removing the lane) when none is left.
-    /// Jobs are only sent under the `lanes` lock, so checking for emptiness under it too
-    /// means no job is left behind.
-    async fn run_lane(self, id: ShadowId, mut rx: mpsc::UnboundedReceiver<Job>) {
-        loop {
-            let job = match rx.try_recv() {
-                Ok(job) => job,
-                Err(_) => {
-                    let mut lanes = self.inner.lanes.lock();
-                    match rx.try_recv() {
-                        Ok(job) => job,
-                        Err(_) => {
-                            lanes.remove(&id);
-                            return;
-                        }
-                    }
-                }
-            };
-            job.await;
-        }
-    }
-
-    /// Runs `work` in the lane of `id` (behind the in-flight limit) and returns its result.
-    async fn in_lane<T, F, Fut>(&self, id: &ShadowId, work: F) -> Result<T, ShadowError>
-    where
-        T: Send + 'static,
-        F: FnOnce(ShadowService) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, ShadowError>> + Send + 'static,
-    {
-        let permit = self
-            .permit(&id.thing)
-            .ok_or_else(ShadowError::too_many_requests)?;
-        let (tx, rx) = oneshot::channel();
-        let service = self.clone();
-        self.enqueue(
-            id,
-            Box::pin(async move {
-                let _permit = permit;
-                let _ = tx.send(work(service).await);
-            }),
-        );
-        rx.await.unwrap_or_else(|_| Err(ShadowError::internal()))
+        &self.core.limits
     }
 
     // --- the HTTP door ---------------------------------------------------------------------
 
     /// GetThingShadow: the shadow document (`get/accepted` without a `clientToken`), or 404.
     pub async fn get(&self, id: &ShadowId) -> Result<Vec<u8>, ShadowError> {
-        let id2 = id.clone();
-        self.in_lane(id, move |s| async move { s.do_get(&id2, None).await })
-            .await
+        match self.call(id, Op::Get { token: None }).await? {
+            Answer::Got(document) => Ok(document),
+            _ => Err(ShadowError::internal()),
+        }
     }
 
     /// UpdateThingShadow: applies `payload` as an MQTT update would, publishes
@@ -333,13 +312,10 @@ impl ShadowService {
         id: &ShadowId,
         payload: Bytes,
     ) -> Result<UpdateOutcome, ShadowError> {
-        let id2 = id.clone();
-        self.in_lane(id, move |s| async move {
-            let outcome = s.do_update(&id2, payload).await?;
-            s.publish_update(&id2, &outcome).await;
-            Ok(outcome)
-        })
-        .await
+        match self.call(id, Op::Update { payload }).await? {
+            Answer::Updated(outcome) => Ok(*outcome),
+            _ => Err(ShadowError::internal()),
+        }
     }
 
     /// DeleteThingShadow: deletes the shadow (409 if `expected_version` is given and is not
@@ -350,17 +326,35 @@ impl ShadowService {
         id: &ShadowId,
         expected_version: Option<u64>,
     ) -> Result<Vec<u8>, ShadowError> {
-        let id2 = id.clone();
-        self.in_lane(id, move |s| async move {
-            let accepted = s.do_delete(&id2, None, expected_version).await?;
-            s.publish(
-                &shadow_topic(&id2, Operation::Delete, Suffix::Accepted),
-                accepted.clone(),
-            )
-            .await;
-            Ok(accepted)
-        })
-        .await
+        let op = Op::Delete {
+            token: None,
+            expected_version,
+        };
+        match self.call(id, op).await? {
+            Answer::Deleted(accepted) => Ok(accepted),
+            _ => Err(ShadowError::internal()),
+        }
+    }
+
+    /// Runs one HTTP request through the dispatcher (behind the in-flight limit, which is
+    /// checked before the first await).
+    async fn call(&self, id: &ShadowId, op: Op) -> Result<Answer, ShadowError> {
+        let permit = self
+            .core
+            .permit(&id.thing)
+            .ok_or_else(ShadowError::too_many_requests)?;
+        let (tx, rx) = oneshot::channel();
+        let request = Request {
+            id: id.clone(),
+            op,
+            reply: Reply::Http(tx),
+            _permit: permit,
+        };
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| ShadowError::internal())?;
+        rx.await.unwrap_or_else(|_| Err(ShadowError::internal()))
     }
 
     /// ListNamedShadowsForThing: the names of `thing`'s named shadows in name order, at most
@@ -381,7 +375,7 @@ impl ShadowService {
                 })?),
             };
         let size = page_size.clamp(1, MAX_PAGE_SIZE);
-        let store = self.inner.store.clone();
+        let store = self.core.store.clone();
         let thing = thing.as_str().to_owned();
         let mut names = tokio::task::spawn_blocking(move || {
             store.read(|conn| shadows::list_named(conn, &thing, after.as_deref(), size + 1))
@@ -400,184 +394,416 @@ impl ShadowService {
             next_token,
         })
     }
+}
 
-    // --- the MQTT door ---------------------------------------------------------------------
-
-    async fn serve_mqtt(&self, topic: ShadowTopic, payload: Bytes) {
-        let id = &topic.id;
-        match topic.operation {
-            Operation::Get => {
-                let result = match RequestOptions::from_payload(&payload, &self.inner.limits) {
-                    Ok(options) => self.do_get(id, options.client_token.as_deref()).await,
-                    Err(e) => Err(e),
-                };
-                self.answer(&topic, result).await;
-            }
-            Operation::Delete => {
-                let result = match RequestOptions::from_payload(&payload, &self.inner.limits) {
-                    Ok(options) => {
-                        self.do_delete(id, options.client_token.as_deref(), options.version)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                self.answer(&topic, result).await;
-            }
-            Operation::Update => match self.do_update(id, payload).await {
-                Ok(outcome) => self.publish_update(id, &outcome).await,
-                Err(e) => self.publish_rejected(&topic, &e).await,
-            },
+impl Core {
+    fn permit(self: &Arc<Self>, thing: &ThingName) -> Option<Permit> {
+        let mut counts = self.in_flight.lock();
+        let n = counts.entry(thing.clone()).or_default();
+        if *n >= self.max_in_flight {
+            return None;
         }
-    }
-
-    async fn answer(&self, topic: &ShadowTopic, result: Result<Vec<u8>, ShadowError>) {
-        match result {
-            Ok(accepted) => {
-                self.publish(
-                    &shadow_topic(&topic.id, topic.operation, Suffix::Accepted),
-                    accepted,
-                )
-                .await;
-            }
-            Err(e) => self.publish_rejected(topic, &e).await,
-        }
-    }
-
-    async fn publish_rejected(&self, topic: &ShadowTopic, error: &ShadowError) {
-        let payload = error.rejected_payload(now_secs());
-        self.publish(
-            &shadow_topic(&topic.id, topic.operation, Suffix::Rejected),
-            payload,
-        )
-        .await;
-    }
-
-    async fn publish_update(&self, id: &ShadowId, outcome: &UpdateOutcome) {
-        self.publish(
-            &shadow_topic(id, Operation::Update, Suffix::Accepted),
-            outcome.accepted.clone(),
-        )
-        .await;
-        if let Some(delta) = &outcome.delta {
-            self.publish(
-                &shadow_topic(id, Operation::Update, Suffix::Delta),
-                delta.clone(),
-            )
-            .await;
-        }
-        self.publish(
-            &shadow_topic(id, Operation::Update, Suffix::Documents),
-            outcome.documents.clone(),
-        )
-        .await;
-    }
-
-    async fn publish(&self, topic: &str, payload: Vec<u8>) {
-        let payload = Bytes::from(payload);
-        let client = self.inner.publisher.lock().clone();
-        let mut result = client
-            .publish(topic, payload.clone(), QoS::AtLeastOnce, false)
-            .await;
-        if result == Err(ClientError::Closed) {
-            // Reconnect once (the broker closes a connection that sends what it refuses).
-            let fresh = {
-                let mut slot = self.inner.publisher.lock();
-                if Arc::ptr_eq(&slot, &client) {
-                    *slot = Arc::new(self.inner.broker.internal_client(RESPONSES_CLIENT_ID));
-                }
-                slot.clone()
-            };
-            result = fresh.publish(topic, payload, QoS::AtLeastOnce, false).await;
-        }
-        if let Err(error) = result {
-            tracing::warn!(%error, topic, "cannot publish a shadow response");
-        }
-    }
-
-    // --- the operations --------------------------------------------------------------------
-
-    async fn do_get(
-        &self,
-        id: &ShadowId,
-        client_token: Option<&str>,
-    ) -> Result<Vec<u8>, ShadowError> {
-        let store = self.inner.store.clone();
-        let (thing, shadow) = (id.thing.as_str().to_owned(), shadow_key(id));
-        let current = tokio::task::spawn_blocking(move || {
-            store.read(|conn| {
-                shadows::get(conn, &thing, &shadow)?
-                    .map(|row| decode(&row))
-                    .transpose()
-            })
+        *n += 1;
+        Some(Permit {
+            core: self.clone(),
+            thing: thing.clone(),
         })
-        .await
-        .map_err(|_| ShadowError::internal())?
-        .map_err(store_failure)?;
-        handle_get(id, current.as_ref(), client_token, now_secs())
     }
 
-    async fn do_update(&self, id: &ShadowId, payload: Bytes) -> Result<UpdateOutcome, ShadowError> {
-        let limits = self.inner.limits.clone();
-        let (thing, shadow) = (id.thing.as_str().to_owned(), shadow_key(id));
+    // --- the dispatcher --------------------------------------------------------------------
+
+    /// Takes requests in arrival order, a batch at a time, computes them and hands each batch
+    /// to the publisher. Stops listening to MQTT at `shutdown`; ends when that is done and
+    /// every [`ShadowService`] handle is gone.
+    async fn dispatch(
+        self: Arc<Self>,
+        mut listener: InternalClient,
+        mut http: mpsc::Receiver<Request>,
+        batches: mpsc::Sender<Batch>,
+        shutdown: CancellationToken,
+    ) {
+        let (mut listening, mut http_open) = (true, true);
+        while listening || http_open {
+            let first = tokio::select! {
+                _ = shutdown.cancelled(), if listening => {
+                    listening = false;
+                    None
+                }
+                message = listener.recv(), if listening => match message {
+                    Some(message) => self.mqtt_request(message),
+                    None => {
+                        if !shutdown.is_cancelled() {
+                            tracing::warn!("the shadow service's broker connection closed");
+                        }
+                        listening = false;
+                        None
+                    }
+                },
+                request = http.recv(), if http_open => {
+                    http_open = request.is_some();
+                    request
+                }
+            };
+            let Some(first) = first else { continue };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                let mut took = false;
+                if listening && let Ok(Some(message)) = listener.try_recv() {
+                    batch.extend(self.mqtt_request(message));
+                    took = true;
+                }
+                if http_open && let Ok(request) = http.try_recv() {
+                    batch.push(request);
+                    took = true;
+                }
+                if !took {
+                    break;
+                }
+            }
+            let computed = self.compute(batch).await;
+            if batches.send(computed).await.is_err() {
+                break;
+            }
+        }
+        tracing::debug!("shadow service stopped");
+    }
+
+    /// Turns an MQTT message into a request, or answers 429 at once (`None`).
+    fn mqtt_request(self: &Arc<Self>, message: Message) -> Option<Request> {
+        let topic = parse_shadow_topic(&message.topic).filter(ShadowTopic::is_request)?;
+        let payload = message.payload;
+        let Some(permit) = self.permit(&topic.id.thing) else {
+            let token = RequestOptions::from_payload(&payload, &self.limits)
+                .ok()
+                .and_then(|o| o.client_token);
+            let error = ShadowError::too_many_requests().with_client_token(token.as_deref());
+            tracing::debug!(topic = %message.topic, "shadow request throttled");
+            self.publish_rejected(&topic, &error);
+            return None;
+        };
+        let op = match topic.operation {
+            Operation::Update => Op::Update { payload },
+            Operation::Get => match RequestOptions::from_payload(&payload, &self.limits) {
+                Ok(options) => Op::Get {
+                    token: options.client_token,
+                },
+                Err(e) => Op::Refused(e),
+            },
+            Operation::Delete => match RequestOptions::from_payload(&payload, &self.limits) {
+                Ok(options) => Op::Delete {
+                    token: options.client_token,
+                    expected_version: options.version,
+                },
+                Err(e) => Op::Refused(e),
+            },
+        };
+        Some(Request {
+            id: topic.id.clone(),
+            op,
+            reply: Reply::Mqtt(topic),
+            _permit: permit,
+        })
+    }
+
+    /// Brings the batch's shadows into the cache, computes every answer in order, and queues
+    /// the transaction of the batch's writes.
+    async fn compute(&self, requests: Vec<Request>) -> Batch {
+        let loaded = self.load_missing(&requests).await;
         let now = now_secs();
-        self.inner
-            .store
-            .transact(move |conn| {
-                let row = shadows::get(conn, &thing, &shadow)?;
-                let current = row.as_ref().map(decode).transpose()?;
-                let outcome = match handle_update(current.as_ref(), &payload, now, &limits) {
-                    Ok(outcome) => outcome,
-                    Err(refused) => return Ok(Err(refused)),
+        let mut puts: Vec<Put> = Vec::new();
+        let mut written = Vec::new();
+        let mut items = Vec::with_capacity(requests.len());
+        let generation = {
+            let mut cache = self.cache.lock();
+            for request in requests {
+                let (result, token, put) = match &request.op {
+                    Op::Refused(e) => (Err(e.clone()), None, None),
+                    _ => match cache.docs.get_mut(&request.id) {
+                        // The read failed (already logged): 500.
+                        None => (Err(ShadowError::internal()), None, None),
+                        Some(current) => self.apply(&request, current, now),
+                    },
                 };
-                let new_row = ShadowRow {
+                let put = put.map(|put| {
+                    puts.push(put);
+                    written.push(request.id.clone());
+                    puts.len() - 1
+                });
+                items.push(Item {
+                    request,
+                    result,
+                    token,
+                    put,
+                });
+            }
+            cache.generation
+        };
+        if let Err(e) = loaded {
+            tracing::error!(error = %e, "cannot read shadows");
+        }
+        let commit: Option<Commit> = (!puts.is_empty()).then(|| {
+            Box::pin(self.store.transact_queued(move |conn| {
+                let mut results = Vec::with_capacity(puts.len());
+                for p in &puts {
+                    match shadows::put(conn, &p.thing, &p.shadow, p.expected, &p.row) {
+                        Ok(()) => results.push(true),
+                        Err(StoreError::Rejected { .. }) => results.push(false),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(results)
+            })) as Commit
+        });
+        Batch {
+            items,
+            written,
+            commit,
+            generation,
+        }
+    }
+
+    /// Runs one operation against the cached document `current`, updating it. Returns the
+    /// answer, the request's `clientToken` and the row to write, if any.
+    fn apply(
+        &self,
+        request: &Request,
+        current: &mut Option<StoredShadow>,
+        now: i64,
+    ) -> (Result<Answer, ShadowError>, Option<String>, Option<Put>) {
+        let id = &request.id;
+        let expected = current.as_ref().map(|s| s.version);
+        let put = |row: ShadowRow| Put {
+            thing: id.thing.as_str().to_owned(),
+            shadow: shadow_key(id),
+            expected,
+            row,
+        };
+        match &request.op {
+            Op::Refused(e) => (Err(e.clone()), None, None),
+            Op::Get { token } => {
+                let result = handle_get(id, current.as_ref(), token.as_deref(), now);
+                (result.map(Answer::Got), token.clone(), None)
+            }
+            Op::Update { payload } => {
+                let mut outcome = match handle_update(current.as_ref(), payload, now, &self.limits)
+                {
+                    Ok(outcome) => outcome,
+                    Err(e) => return (Err(e), None, None),
+                };
+                let row = ShadowRow {
                     document: outcome.shadow.to_bytes(),
                     version: outcome.shadow.version,
                     updated_at: now,
                     deleted_at: None,
                 };
-                shadows::put(conn, &thing, &shadow, row.map(|r| r.version), &new_row)?;
-                Ok(Ok(outcome))
-            })
-            .await
-            .map_err(store_failure)?
-    }
-
-    async fn do_delete(
-        &self,
-        id: &ShadowId,
-        client_token: Option<&str>,
-        expected_version: Option<u64>,
-    ) -> Result<Vec<u8>, ShadowError> {
-        let (thing, shadow) = (id.thing.as_str().to_owned(), shadow_key(id));
-        let id = id.clone();
-        let token = client_token.map(str::to_owned);
-        let now = now_secs();
-        self.inner
-            .store
-            .transact(move |conn| {
-                let row = shadows::get(conn, &thing, &shadow)?;
-                let current = row.as_ref().map(decode).transpose()?;
+                // An HTTP caller gets the new document back; an MQTT one does not need it,
+                // so the cache takes it without a copy.
+                *current = Some(match request.reply {
+                    Reply::Http(_) => outcome.shadow.clone(),
+                    Reply::Mqtt(_) => {
+                        std::mem::replace(&mut outcome.shadow, StoredShadow::empty(0))
+                    }
+                });
+                let token = outcome.client_token.clone();
+                (Ok(Answer::Updated(Box::new(outcome))), token, Some(put(row)))
+            }
+            Op::Delete {
+                token,
+                expected_version,
+            } => {
                 let outcome = match handle_delete(
-                    &id,
+                    id,
                     current.as_ref(),
                     token.as_deref(),
-                    expected_version,
+                    *expected_version,
                     now,
                 ) {
                     Ok(outcome) => outcome,
-                    Err(refused) => return Ok(Err(refused)),
+                    Err(e) => return (Err(e), token.clone(), None),
                 };
-                let tombstone = ShadowRow {
+                let row = ShadowRow {
                     document: outcome.tombstone.to_bytes(),
                     version: outcome.tombstone.version,
                     updated_at: now,
                     deleted_at: outcome.tombstone.deleted_at,
                 };
-                shadows::put(conn, &thing, &shadow, row.map(|r| r.version), &tombstone)?;
-                Ok(Ok(outcome.accepted))
+                *current = Some(outcome.tombstone);
+                (
+                    Ok(Answer::Deleted(outcome.accepted)),
+                    token.clone(),
+                    Some(put(row)),
+                )
+            }
+        }
+    }
+
+    /// Reads the shadows of `requests` that the cache lacks, through the writer (so the
+    /// read sees every write queued before it), and caches them. A shadow that cannot be
+    /// read stays out of the cache (its requests get 500).
+    async fn load_missing(&self, requests: &[Request]) -> Result<(), StoreError> {
+        let missing: Vec<ShadowId> = {
+            let mut cache = self.cache.lock();
+            let mut seen = HashSet::new();
+            let missing: Vec<ShadowId> = requests
+                .iter()
+                .filter(|r| !matches!(r.op, Op::Refused(_)))
+                .map(|r| &r.id)
+                .filter(|id| !cache.docs.contains_key(*id) && seen.insert(*id))
+                .cloned()
+                .collect();
+            if cache.docs.len() + missing.len() > CACHED_SHADOWS {
+                cache.evict();
+            }
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<(String, String)> = missing
+            .iter()
+            .map(|id| (id.thing.as_str().to_owned(), shadow_key(id)))
+            .collect();
+        let rows = self
+            .store
+            .transact_queued(move |conn| {
+                keys.iter()
+                    .map(|(thing, shadow)| {
+                        let row = shadows::get(conn, thing, shadow)?;
+                        Ok(row.map(|row| StoredShadow::from_bytes(&row.document)))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
             })
-            .await
-            .map_err(store_failure)?
+            .await?;
+        let mut cache = self.cache.lock();
+        for (id, row) in missing.into_iter().zip(rows) {
+            match row {
+                None => {
+                    cache.docs.insert(id, None);
+                }
+                Some(Ok(document)) => {
+                    cache.docs.insert(id, Some(document));
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, thing = %id.thing.as_str(), "unreadable shadow document");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // --- the publisher ---------------------------------------------------------------------
+
+    /// Answers the batches in order, each after its commit.
+    async fn publish_batches(self: Arc<Self>, mut batches: mpsc::Receiver<Batch>) {
+        while let Some(batch) = batches.recv().await {
+            let committed = match batch.commit {
+                None => Ok(Vec::new()),
+                Some(commit) => commit.await,
+            };
+            let stale = {
+                let mut cache = self.cache.lock();
+                match &committed {
+                    Err(e) => {
+                        tracing::error!(error = %e, "shadow writes failed; answering 500");
+                        cache.docs.clear();
+                        cache.generation += 1;
+                    }
+                    Ok(results) => {
+                        for (id, ok) in batch.written.iter().zip(results) {
+                            if !ok {
+                                tracing::warn!(thing = %id.thing.as_str(), "shadow changed under the service; re-reading it");
+                                cache.docs.remove(id);
+                            }
+                        }
+                    }
+                }
+                batch.generation < cache.generation
+            };
+            for item in batch.items {
+                let trusted = match (item.put, &committed) {
+                    (Some(i), Ok(results)) => results.get(i).copied().unwrap_or(false),
+                    (Some(_), Err(_)) => false,
+                    (None, _) => !stale,
+                };
+                let result = if trusted {
+                    item.result
+                } else {
+                    Err(ShadowError::internal().with_client_token(item.token.as_deref()))
+                };
+                self.deliver(item.request, result);
+            }
+        }
+    }
+
+    /// Publishes what `request` publishes and replies to an HTTP caller.
+    fn deliver(&self, request: Request, result: Result<Answer, ShadowError>) {
+        match request.reply {
+            Reply::Mqtt(topic) => match result {
+                Ok(Answer::Updated(outcome)) => self.publish_update(&topic.id, &outcome),
+                Ok(Answer::Got(payload) | Answer::Deleted(payload)) => self.publish(
+                    &shadow_topic(&topic.id, topic.operation, Suffix::Accepted),
+                    payload,
+                ),
+                Err(e) => self.publish_rejected(&topic, &e),
+            },
+            Reply::Http(reply) => {
+                match &result {
+                    Ok(Answer::Updated(outcome)) => self.publish_update(&request.id, outcome),
+                    Ok(Answer::Deleted(payload)) => self.publish(
+                        &shadow_topic(&request.id, Operation::Delete, Suffix::Accepted),
+                        payload.clone(),
+                    ),
+                    Ok(Answer::Got(_)) | Err(_) => {}
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn publish_rejected(&self, topic: &ShadowTopic, error: &ShadowError) {
+        let payload = error.rejected_payload(now_secs());
+        self.publish(
+            &shadow_topic(&topic.id, topic.operation, Suffix::Rejected),
+            payload,
+        );
+    }
+
+    fn publish_update(&self, id: &ShadowId, outcome: &UpdateOutcome) {
+        self.publish(
+            &shadow_topic(id, Operation::Update, Suffix::Accepted),
+            outcome.accepted.clone(),
+        );
+        if let Some(delta) = &outcome.delta {
+            self.publish(
+                &shadow_topic(id, Operation::Update, Suffix::Delta),
+                delta.clone(),
+            );
+        }
+        self.publish(
+            &shadow_topic(id, Operation::Update, Suffix::Documents),
+            outcome.documents.clone(),
+        );
+    }
+
+    /// Publishes at QoS 1 straight into the broker; subscribers get it in call order.
+    fn publish(&self, topic: &str, payload: Vec<u8>) {
+        if let Err(reason) =
+            self.broker
+                .publish(topic, Bytes::from(payload), QoS::AtLeastOnce, false)
+        {
+            tracing::warn!(?reason, topic, "cannot publish a shadow response");
+        }
+    }
+}
+
+impl Cache {
+    /// Drops about a quarter of the entries (any; they are read back on next use).
+    fn evict(&mut self) {
+        let drop_n = self.docs.len() / 4 + 1;
+        let victims: Vec<ShadowId> = self.docs.keys().take(drop_n).cloned().collect();
+        for id in victims {
+            self.docs.remove(&id);
+        }
     }
 }
 

@@ -279,6 +279,26 @@ impl Store {
         take_value(&slot)
     }
 
+    /// [`Store::transact`], except that `f` is handed to the writer before this returns
+    /// rather than on the first poll. Transactions queued one after another run and commit
+    /// in that order, so a caller can queue the next one before awaiting the previous (a
+    /// pipeline), and may await the futures anywhere.
+    pub fn transact_queued<T, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let submitted = self.submit_transaction(f);
+        async move {
+            let (slot, done) = submitted?;
+            done.await.map_err(|_| StoreError::Closed)??;
+            take_value(&slot)
+        }
+    }
+
     /// Blocking variant of [`Store::transact`], for command-line tools and startup code.
     /// Like [`Store::write_blocking`], it must not be called inside an async task.
     pub fn transact_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
