@@ -124,14 +124,22 @@ impl StoredShadow {
     }
 
     /// The `{"state":..,"metadata":..,"version":..}` object used in `update/documents`
-    /// (never holds `delta`).
-    pub(crate) fn document_value(&self) -> Value {
-        let mut out = Map::new();
-        out.insert("state".to_owned(), self.state.to_value());
-        out.insert("metadata".to_owned(), self.metadata.to_value());
-        out.insert("version".to_owned(), Value::from(self.version));
-        Value::Object(out)
+    /// (never holds `delta`), serialized straight from the shadow.
+    pub(crate) fn document_view(&self) -> DocumentView<'_> {
+        DocumentView {
+            state: &self.state,
+            metadata: &self.metadata,
+            version: self.version,
+        }
     }
+}
+
+/// See [`StoredShadow::document_view`].
+#[derive(Serialize)]
+pub(crate) struct DocumentView<'a> {
+    state: &'a Sections,
+    metadata: &'a Sections,
+    version: u64,
 }
 
 /// Limits applied by the shadow operations; [`ShadowLimits::default`] gives AWS's values.

@@ -25,6 +25,48 @@ pub(crate) fn metadata_for(value: &Value, now: i64) -> Value {
     }
 }
 
+/// [`metadata_for`] serialized straight from `value`, without building the tree.
+pub(crate) struct MetadataView<'a> {
+    pub(crate) value: &'a Value,
+    pub(crate) now: i64,
+}
+
+impl serde::Serialize for MetadataView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.value {
+            Value::Object(map) => {
+                let mut out = serializer.serialize_map(Some(map.len()))?;
+                for (key, value) in map {
+                    out.serialize_entry(
+                        key,
+                        &MetadataView {
+                            value,
+                            now: self.now,
+                        },
+                    )?;
+                }
+                out.end()
+            }
+            Value::Array(items) => {
+                let mut out = serializer.serialize_seq(Some(items.len()))?;
+                for value in items {
+                    out.serialize_element(&MetadataView {
+                        value,
+                        now: self.now,
+                    })?;
+                }
+                out.end()
+            }
+            _ => {
+                let mut out = serializer.serialize_map(Some(1))?;
+                out.serialize_entry("timestamp", &self.now)?;
+                out.end()
+            }
+        }
+    }
+}
+
 /// Merges `patch` into `state`, keeping `meta` (the metadata mirror of `state`) in step.
 ///
 /// `null` removes a key and its metadata; an object merges recursively into an object, and
@@ -253,6 +295,25 @@ mod tests {
         assert!(!touches(&d, &obj(json!({"temp": 30}))));
         let scalar = obj(json!({"lights": "off"}));
         assert!(touches(&scalar, &obj(json!({"lights": {"g": 1}}))));
+    }
+
+    #[test]
+    fn metadata_view_serializes_like_the_tree() {
+        let value = json!({"a": 1, "b": {"c": [1, {"d": null}], "e": "x"}, "f": null});
+        let view = serde_json::to_value(MetadataView {
+            value: &value,
+            now: 7,
+        })
+        .unwrap();
+        assert_eq!(view, metadata_for(&value, 7));
+        assert_eq!(
+            serde_json::to_string(&MetadataView {
+                value: &json!(3),
+                now: 7
+            })
+            .unwrap(),
+            r#"{"timestamp":7}"#
+        );
     }
 
     #[test]

@@ -64,6 +64,12 @@ pub use topic::{
     Operation, REQUEST_FILTERS, ShadowTopic, Suffix, parse_shadow_topic, shadow_topic,
 };
 
+/// Compact JSON bytes of a payload view (string-keyed maps of JSON values and numbers:
+/// serializing cannot fail).
+fn to_json_vec(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
 /// Compact JSON bytes of `value` (serializing a `Value` cannot fail).
 fn to_json_bytes(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()

@@ -2,7 +2,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::document::{ShadowLimits, StoredShadow};
+use serde::Serialize;
+
+use crate::document::{DocumentView, ShadowLimits, StoredShadow};
 use crate::error::ShadowError;
 use crate::json;
 use crate::name::ShadowId;
@@ -142,17 +144,16 @@ pub fn handle_update(
     }
 
     // update/accepted
-    let mut accepted = Map::new();
-    put_token(&mut accepted, token);
-    accepted.insert("state".to_owned(), request.state.clone());
-    if request.state.is_object() {
-        accepted.insert(
-            "metadata".to_owned(),
-            json::metadata_for(&request.state, now_epoch_secs),
-        );
-    }
-    accepted.insert("timestamp".to_owned(), Value::from(now_epoch_secs));
-    accepted.insert("version".to_owned(), Value::from(new_version));
+    let accepted = crate::to_json_vec(&AcceptedView {
+        client_token: token,
+        state: &request.state,
+        metadata: request.state.is_object().then_some(json::MetadataView {
+            value: &request.state,
+            now: now_epoch_secs,
+        }),
+        timestamp: now_epoch_secs,
+        version: new_version,
+    });
 
     // update/delta
     let new_delta = shadow.delta();
@@ -173,21 +174,43 @@ pub fn handle_update(
     });
 
     // update/documents
-    let mut documents = Map::new();
-    if let Some(prev) = previous {
-        documents.insert("previous".to_owned(), prev.document_value());
-    }
-    documents.insert("current".to_owned(), shadow.document_value());
-    documents.insert("timestamp".to_owned(), Value::from(now_epoch_secs));
-    put_token(&mut documents, token);
+    let documents = crate::to_json_vec(&DocumentsView {
+        previous: previous.map(StoredShadow::document_view),
+        current: shadow.document_view(),
+        timestamp: now_epoch_secs,
+        client_token: token,
+    });
 
     Ok(UpdateOutcome {
-        accepted: crate::to_json_bytes(&Value::Object(accepted)),
+        accepted,
         delta,
-        documents: crate::to_json_bytes(&Value::Object(documents)),
+        documents,
         client_token: request.client_token,
         shadow,
     })
+}
+
+/// The `update/accepted` payload, serialized from borrowed parts.
+#[derive(Serialize)]
+struct AcceptedView<'a> {
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+    state: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<json::MetadataView<'a>>,
+    timestamp: i64,
+    version: u64,
+}
+
+/// The `update/documents` payload, serialized from borrowed parts.
+#[derive(Serialize)]
+struct DocumentsView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous: Option<DocumentView<'a>>,
+    current: DocumentView<'a>,
+    timestamp: i64,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
 }
 
 /// Answers a get request: the `get/accepted` payload (also the HTTP GetThingShadow body when

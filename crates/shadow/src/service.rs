@@ -605,7 +605,11 @@ impl Core {
                     }
                 });
                 let token = outcome.client_token.clone();
-                (Ok(Answer::Updated(Box::new(outcome))), token, Some(put(row)))
+                (
+                    Ok(Answer::Updated(Box::new(outcome))),
+                    token,
+                    Some(put(row)),
+                )
             }
             Op::Delete {
                 token,
