@@ -58,7 +58,10 @@ pub use error::{ShadowError, message};
 pub use name::{
     MAX_SHADOW_NAME_LEN, MAX_THING_NAME_LEN, NameError, ShadowId, ShadowName, ThingName,
 };
-pub use ops::{DeleteOutcome, UpdateOutcome, handle_delete, handle_get, handle_update};
+pub use ops::{
+    DeleteOutcome, UpdateOutcome, UpdatePayloads, handle_delete, handle_get, handle_update,
+    update_in_place,
+};
 pub use request::RequestOptions;
 pub use topic::{
     Operation, REQUEST_FILTERS, ShadowTopic, Suffix, parse_shadow_topic, shadow_topic,
@@ -68,6 +71,11 @@ pub use topic::{
 /// serializing cannot fail).
 fn to_json_vec(value: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Appends the compact JSON of a payload part to `out` (cannot fail, as above).
+fn write_json(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// Compact JSON bytes of `value` (serializing a `Value` cannot fail).

@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use serde::Serialize;
 
-use crate::document::{DocumentView, ShadowLimits, StoredShadow};
+use crate::document::{ShadowLimits, StoredShadow};
 use crate::error::ShadowError;
 use crate::json;
 use crate::name::ShadowId;
@@ -109,9 +109,45 @@ pub fn handle_update(
     now_epoch_secs: i64,
     limits: &ShadowLimits,
 ) -> Result<UpdateOutcome, ShadowError> {
+    let mut document = current.cloned();
+    let payloads = update_in_place(&mut document, request_payload, now_epoch_secs, limits)?;
+    Ok(UpdateOutcome {
+        shadow: document.unwrap_or_else(|| StoredShadow::empty(0)),
+        accepted: payloads.accepted,
+        delta: payloads.delta,
+        documents: payloads.documents,
+        client_token: payloads.client_token,
+    })
+}
+
+/// The payloads of an accepted update (see [`UpdateOutcome`], whose fields they are).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdatePayloads {
+    /// `update/accepted`.
+    pub accepted: Vec<u8>,
+    /// `update/delta`, when it is published.
+    pub delta: Option<Vec<u8>>,
+    /// `update/documents`.
+    pub documents: Vec<u8>,
+    /// The request's `clientToken`, if it sent one.
+    pub client_token: Option<String>,
+}
+
+/// [`handle_update`] without copying the document: an accepted update leaves the new shadow
+/// in `current` (`Some`); a refused one leaves `current` as it was.
+///
+/// The merge runs in place when the result cannot exceed the size limit (the current size
+/// plus twice the request's length stays within it); otherwise on a copy, which replaces
+/// `current` only if it passes the size check.
+pub fn update_in_place(
+    current: &mut Option<StoredShadow>,
+    request_payload: &[u8],
+    now_epoch_secs: i64,
+    limits: &ShadowLimits,
+) -> Result<UpdatePayloads, ShadowError> {
     let request = UpdateRequest::parse(request_payload, limits)?;
     let token = request.client_token.as_deref();
-    let base_version = StoredShadow::base_version(current, now_epoch_secs, limits);
+    let base_version = StoredShadow::base_version(current.as_ref(), now_epoch_secs, limits);
     if request.version.is_some_and(|v| v != base_version) {
         return Err(ShadowError::version_conflict().with_client_token(token));
     }
@@ -119,13 +155,30 @@ pub fn handle_update(
         .checked_add(1)
         .ok_or_else(|| ShadowError::internal().with_client_token(token))?;
 
-    let previous = live(current);
-    let mut shadow = previous.cloned().unwrap_or(StoredShadow {
-        state: Default::default(),
-        metadata: Default::default(),
-        version: 0,
-        deleted_at: None,
-    });
+    // What is needed of the previous document, taken before it changes.
+    let previous = live(current.as_ref());
+    let old_delta = previous.map(StoredShadow::delta).unwrap_or_default();
+    let mut documents = Vec::with_capacity(
+        256 + 4 * previous.map_or(0, StoredShadow::document_size) + 2 * request_payload.len(),
+    );
+    documents.push(b'{');
+    if let Some(prev) = previous {
+        documents.extend_from_slice(b"\"previous\":");
+        crate::write_json(&mut documents, &prev.document_view());
+        documents.push(b',');
+    }
+    let old_size = previous.map_or(0, StoredShadow::document_size);
+    let in_place = old_size + 2 * request_payload.len() <= limits.max_document_bytes;
+
+    let mut copy: Option<StoredShadow> = None;
+    let shadow: &mut StoredShadow = if in_place {
+        if previous.is_none() {
+            *current = Some(StoredShadow::empty(0));
+        }
+        current.get_or_insert_with(|| StoredShadow::empty(0))
+    } else {
+        copy.insert(previous.cloned().unwrap_or_else(|| StoredShadow::empty(0)))
+    };
     apply_section(
         &mut shadow.state.desired,
         &mut shadow.metadata.desired,
@@ -140,6 +193,7 @@ pub fn handle_update(
     );
     shadow.version = new_version;
     if shadow.document_size() > limits.max_document_bytes {
+        // Only reachable on the copy: `current` is untouched.
         return Err(ShadowError::payload_too_large().with_client_token(token));
     }
 
@@ -157,7 +211,6 @@ pub fn handle_update(
 
     // update/delta
     let new_delta = shadow.delta();
-    let old_delta = previous.map(StoredShadow::delta).unwrap_or_default();
     let concerned = new_delta != old_delta
         || section_touches(&new_delta, &request.desired)
         || section_touches(&new_delta, &request.reported);
@@ -173,20 +226,25 @@ pub fn handle_update(
         crate::to_json_bytes(&Value::Object(out))
     });
 
-    // update/documents
-    let documents = crate::to_json_vec(&DocumentsView {
-        previous: previous.map(StoredShadow::document_view),
-        current: shadow.document_view(),
-        timestamp: now_epoch_secs,
-        client_token: token,
-    });
+    // update/documents: {"previous"?, "current", "timestamp", "clientToken"?}
+    documents.extend_from_slice(b"\"current\":");
+    crate::write_json(&mut documents, &shadow.document_view());
+    documents.extend_from_slice(b",\"timestamp\":");
+    crate::write_json(&mut documents, &now_epoch_secs);
+    if let Some(token) = token {
+        documents.extend_from_slice(b",\"clientToken\":");
+        crate::write_json(&mut documents, &token);
+    }
+    documents.push(b'}');
 
-    Ok(UpdateOutcome {
+    if let Some(copy) = copy {
+        *current = Some(copy);
+    }
+    Ok(UpdatePayloads {
         accepted,
         delta,
         documents,
         client_token: request.client_token,
-        shadow,
     })
 }
 
@@ -200,17 +258,6 @@ struct AcceptedView<'a> {
     metadata: Option<json::MetadataView<'a>>,
     timestamp: i64,
     version: u64,
-}
-
-/// The `update/documents` payload, serialized from borrowed parts.
-#[derive(Serialize)]
-struct DocumentsView<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous: Option<DocumentView<'a>>,
-    current: DocumentView<'a>,
-    timestamp: i64,
-    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
-    client_token: Option<&'a str>,
 }
 
 /// Answers a get request: the `get/accepted` payload (also the HTTP GetThingShadow body when

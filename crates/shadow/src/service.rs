@@ -56,8 +56,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Operation, REQUEST_FILTERS, RequestOptions, ShadowError, ShadowId, ShadowLimits, ShadowTopic,
-    StoredShadow, Suffix, ThingName, UpdateOutcome, handle_delete, handle_get, handle_update,
-    parse_shadow_topic, shadow_topic,
+    StoredShadow, Suffix, ThingName, UpdateOutcome, UpdatePayloads, handle_delete, handle_get,
+    parse_shadow_topic, shadow_topic, update_in_place,
 };
 
 /// The client id that hears shadow requests.
@@ -173,7 +173,8 @@ enum Reply {
 /// A successful answer.
 enum Answer {
     Got(Vec<u8>),
-    Updated(Box<UpdateOutcome>),
+    /// The new document is only kept for an HTTP caller.
+    Updated(Box<UpdatePayloads>, Option<StoredShadow>),
     Deleted(Vec<u8>),
 }
 
@@ -313,7 +314,21 @@ impl ShadowService {
         payload: Bytes,
     ) -> Result<UpdateOutcome, ShadowError> {
         match self.call(id, Op::Update { payload }).await? {
-            Answer::Updated(outcome) => Ok(*outcome),
+            Answer::Updated(payloads, Some(shadow)) => {
+                let UpdatePayloads {
+                    accepted,
+                    delta,
+                    documents,
+                    client_token,
+                } = *payloads;
+                Ok(UpdateOutcome {
+                    shadow,
+                    accepted,
+                    delta,
+                    documents,
+                    client_token,
+                })
+            }
             _ => Err(ShadowError::internal()),
         }
     }
@@ -585,31 +600,26 @@ impl Core {
                 (result.map(Answer::Got), token.clone(), None)
             }
             Op::Update { payload } => {
-                let mut outcome = match handle_update(current.as_ref(), payload, now, &self.limits)
-                {
-                    Ok(outcome) => outcome,
+                let payloads = match update_in_place(current, payload, now, &self.limits) {
+                    Ok(payloads) => payloads,
                     Err(e) => return (Err(e), None, None),
                 };
+                let Some(shadow) = current.as_ref() else {
+                    return (Err(ShadowError::internal()), None, None);
+                };
                 let row = ShadowRow {
-                    document: outcome.shadow.to_bytes(),
-                    version: outcome.shadow.version,
+                    document: shadow.to_bytes(),
+                    version: shadow.version,
                     updated_at: now,
                     deleted_at: None,
                 };
-                // An HTTP caller gets the new document back; an MQTT one does not need it,
-                // so the cache takes it without a copy.
-                *current = Some(match request.reply {
-                    Reply::Http(_) => outcome.shadow.clone(),
-                    Reply::Mqtt(_) => {
-                        std::mem::replace(&mut outcome.shadow, StoredShadow::empty(0))
-                    }
-                });
-                let token = outcome.client_token.clone();
-                (
-                    Ok(Answer::Updated(Box::new(outcome))),
-                    token,
-                    Some(put(row)),
-                )
+                let for_caller = match request.reply {
+                    Reply::Http(_) => Some(shadow.clone()),
+                    Reply::Mqtt(_) => None,
+                };
+                let token = payloads.client_token.clone();
+                let answer = Answer::Updated(Box::new(payloads), for_caller);
+                (Ok(answer), token, Some(put(row)))
             }
             Op::Delete {
                 token,
@@ -743,7 +753,7 @@ impl Core {
     fn deliver(&self, request: Request, result: Result<Answer, ShadowError>) {
         match request.reply {
             Reply::Mqtt(topic) => match result {
-                Ok(Answer::Updated(outcome)) => self.publish_update(&topic.id, &outcome),
+                Ok(Answer::Updated(payloads, _)) => self.publish_update(&topic.id, &payloads),
                 Ok(Answer::Got(payload) | Answer::Deleted(payload)) => self.publish(
                     &shadow_topic(&topic.id, topic.operation, Suffix::Accepted),
                     payload,
@@ -752,7 +762,7 @@ impl Core {
             },
             Reply::Http(reply) => {
                 match &result {
-                    Ok(Answer::Updated(outcome)) => self.publish_update(&request.id, outcome),
+                    Ok(Answer::Updated(payloads, _)) => self.publish_update(&request.id, payloads),
                     Ok(Answer::Deleted(payload)) => self.publish(
                         &shadow_topic(&request.id, Operation::Delete, Suffix::Accepted),
                         payload.clone(),
@@ -772,7 +782,7 @@ impl Core {
         );
     }
 
-    fn publish_update(&self, id: &ShadowId, outcome: &UpdateOutcome) {
+    fn publish_update(&self, id: &ShadowId, outcome: &UpdatePayloads) {
         self.publish(
             &shadow_topic(id, Operation::Update, Suffix::Accepted),
             outcome.accepted.clone(),

@@ -6,6 +6,7 @@ use common::{build, check_invariants, parse, update};
 use serde_json::{Value, json};
 use thingd_shadow::{
     RequestOptions, ShadowId, ShadowLimits, StoredShadow, handle_delete, handle_get, handle_update,
+    update_in_place,
 };
 
 const T0: i64 = 100;
@@ -623,4 +624,48 @@ fn key_order_of_the_request_is_kept() {
     );
     let keys: Vec<&String> = out.shadow.state.reported.keys().collect();
     assert_eq!(keys, ["y", "a"]);
+}
+
+#[test]
+fn updating_in_place_matches_the_pure_operation_and_a_refusal_changes_nothing() {
+    let limits = ShadowLimits {
+        max_document_bytes: 120,
+        ..ShadowLimits::default()
+    };
+    let requests = [
+        r#"{"state":{"desired":{"color":"red","n":[1,2]}},"clientToken":"a"}"#,
+        r#"{"state":{"reported":{"color":"red"}}}"#,
+        r#"{"state":{"desired":{"n":null},"reported":{"extra":{"x":1}}},"version":2}"#,
+        // Refused: stale version, bad JSON, and (on the copy path) over the size limit.
+        r#"{"state":{"reported":{"a":1}},"version":1}"#,
+        r#"{"state":"#,
+        r#"{"state":{"reported":{"big":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}}"#,
+        r#"{"state":{"desired":null}}"#,
+    ];
+    let mut pure: Option<StoredShadow> = None;
+    let mut in_place: Option<StoredShadow> = None;
+    for (i, request) in requests.iter().enumerate() {
+        let now = T0 + i as i64;
+        let expected = handle_update(pure.as_ref(), request.as_bytes(), now, &limits);
+        let before = in_place.clone();
+        let got = update_in_place(&mut in_place, request.as_bytes(), now, &limits);
+        match (expected, got) {
+            (Ok(outcome), Ok(payloads)) => {
+                assert_eq!(payloads.accepted, outcome.accepted, "request {i}");
+                assert_eq!(payloads.delta, outcome.delta, "request {i}");
+                assert_eq!(payloads.documents, outcome.documents, "request {i}");
+                assert_eq!(in_place.as_ref(), Some(&outcome.shadow), "request {i}");
+                pure = Some(outcome.shadow);
+            }
+            (Err(e), Err(f)) => {
+                assert_eq!(e, f, "request {i}");
+                assert_eq!(
+                    in_place, before,
+                    "a refused update {i} left the document as it was"
+                );
+            }
+            (e, f) => panic!("request {i}: {e:?} vs {f:?}"),
+        }
+    }
+    assert_eq!(in_place.map(|s| s.version), Some(4));
 }
