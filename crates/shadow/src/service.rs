@@ -174,7 +174,7 @@ enum Reply {
 enum Answer {
     Got(Vec<u8>),
     /// The new document is only kept for an HTTP caller.
-    Updated(Box<UpdatePayloads>, Option<StoredShadow>),
+    Updated(Box<UpdatePayloads>, Option<Box<StoredShadow>>),
     Deleted(Vec<u8>),
 }
 
@@ -315,6 +315,7 @@ impl ShadowService {
     ) -> Result<UpdateOutcome, ShadowError> {
         match self.call(id, Op::Update { payload }).await? {
             Answer::Updated(payloads, Some(shadow)) => {
+                let shadow = *shadow;
                 let UpdatePayloads {
                     accepted,
                     delta,
@@ -614,7 +615,7 @@ impl Core {
                     deleted_at: None,
                 };
                 let for_caller = match request.reply {
-                    Reply::Http(_) => Some(shadow.clone()),
+                    Reply::Http(_) => Some(Box::new(shadow.clone())),
                     Reply::Mqtt(_) => None,
                 };
                 let token = payloads.client_token.clone();
