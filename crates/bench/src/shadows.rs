@@ -85,6 +85,7 @@ pub(crate) async fn run(args: ShadowArgs) -> anyhow::Result<bool> {
         conns.push((conn, group.to_vec()));
     }
     let cpu_before = brokers::cpu_secs(broker.pid(), ticks)?;
+    let own_cpu_before = brokers::cpu_secs(std::process::id(), ticks)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::with_capacity(conns.len());
@@ -109,22 +110,27 @@ pub(crate) async fn run(args: ShadowArgs) -> anyhow::Result<bool> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = brokers::cpu_secs(broker.pid(), ticks)? - cpu_before;
+    let own_cpu = brokers::cpu_secs(std::process::id(), ticks)? - own_cpu_before;
     drop(broker);
 
     println!(
-        "| things | things/connection | seconds | durable updates | updates/s | p50 | p99 | thingd CPU µs/update |"
+        "| things | things/connection | seconds | durable updates | updates/s | p50 | p99 | thingd CPU µs/update | load generator CPU µs/update |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let per_update = |secs: f64| {
+        if total > 0 {
+            secs * 1e6 / total as f64
+        } else {
+            0.0
+        }
+    };
     println!(
-        "| {things} | {per_conn} | {elapsed:.1} | {total} | {:.0} | {:.2} ms | {:.2} ms | {:.1} |",
+        "| {things} | {per_conn} | {elapsed:.1} | {total} | {:.0} | {:.2} ms | {:.2} ms | {:.1} | {:.1} |",
         total as f64 / elapsed,
         latency_us.value_at_quantile(0.50) as f64 / 1000.0,
         latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-        if total > 0 {
-            cpu * 1e6 / total as f64
-        } else {
-            0.0
-        },
+        per_update(cpu),
+        per_update(own_cpu),
     );
     if failures > 0 {
         eprintln!("{failures} of {things} things got no update accepted");

@@ -319,17 +319,18 @@ impl Broker {
     /// encoding, no in-memory pipe, no acknowledgement round trip.
     pub fn publish(
         &self,
-        topic: &str,
+        topic: impl Into<thingd_mqtt::ByteStr>,
         payload: bytes::Bytes,
         qos: thingd_mqtt::QoS,
         retain: bool,
     ) -> Result<tokio::sync::oneshot::Receiver<bool>, thingd_mqtt::ReasonCode> {
         let shared = &self.shared;
-        if reserved::check_publish_topic(topic, &shared.config.topic_limits()).is_err() {
+        let topic = topic.into();
+        if reserved::check_publish_topic(&topic, &shared.config.topic_limits()).is_err() {
             return Err(thingd_mqtt::ReasonCode::TopicNameInvalid);
         }
         let msg = std::sync::Arc::new(message::AppMsg {
-            topic: thingd_mqtt::ByteStr::from(topic),
+            topic,
             payload,
             qos,
             retain,

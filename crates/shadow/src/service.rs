@@ -754,18 +754,20 @@ impl Core {
     fn deliver(&self, request: Request, result: Result<Answer, ShadowError>) {
         match request.reply {
             Reply::Mqtt(topic) => match result {
-                Ok(Answer::Updated(payloads, _)) => self.publish_update(&topic.id, &payloads),
+                Ok(Answer::Updated(payloads, _)) => self.publish_update(&topic.id, *payloads),
                 Ok(Answer::Got(payload) | Answer::Deleted(payload)) => self.publish(
-                    &shadow_topic(&topic.id, topic.operation, Suffix::Accepted),
+                    shadow_topic(&topic.id, topic.operation, Suffix::Accepted),
                     payload,
                 ),
                 Err(e) => self.publish_rejected(&topic, &e),
             },
             Reply::Http(reply) => {
                 match &result {
-                    Ok(Answer::Updated(payloads, _)) => self.publish_update(&request.id, payloads),
+                    Ok(Answer::Updated(payloads, _)) => {
+                        self.publish_update(&request.id, (**payloads).clone())
+                    }
                     Ok(Answer::Deleted(payload)) => self.publish(
-                        &shadow_topic(&request.id, Operation::Delete, Suffix::Accepted),
+                        shadow_topic(&request.id, Operation::Delete, Suffix::Accepted),
                         payload.clone(),
                     ),
                     Ok(Answer::Got(_)) | Err(_) => {}
@@ -778,35 +780,32 @@ impl Core {
     fn publish_rejected(&self, topic: &ShadowTopic, error: &ShadowError) {
         let payload = error.rejected_payload(now_secs());
         self.publish(
-            &shadow_topic(&topic.id, topic.operation, Suffix::Rejected),
+            shadow_topic(&topic.id, topic.operation, Suffix::Rejected),
             payload,
         );
     }
 
-    fn publish_update(&self, id: &ShadowId, outcome: &UpdatePayloads) {
+    fn publish_update(&self, id: &ShadowId, payloads: UpdatePayloads) {
         self.publish(
-            &shadow_topic(id, Operation::Update, Suffix::Accepted),
-            outcome.accepted.clone(),
+            shadow_topic(id, Operation::Update, Suffix::Accepted),
+            payloads.accepted,
         );
-        if let Some(delta) = &outcome.delta {
-            self.publish(
-                &shadow_topic(id, Operation::Update, Suffix::Delta),
-                delta.clone(),
-            );
+        if let Some(delta) = payloads.delta {
+            self.publish(shadow_topic(id, Operation::Update, Suffix::Delta), delta);
         }
         self.publish(
-            &shadow_topic(id, Operation::Update, Suffix::Documents),
-            outcome.documents.clone(),
+            shadow_topic(id, Operation::Update, Suffix::Documents),
+            payloads.documents,
         );
     }
 
     /// Publishes at QoS 1 straight into the broker; subscribers get it in call order.
-    fn publish(&self, topic: &str, payload: Vec<u8>) {
+    fn publish(&self, topic: String, payload: Vec<u8>) {
         if let Err(reason) =
             self.broker
                 .publish(topic, Bytes::from(payload), QoS::AtLeastOnce, false)
         {
-            tracing::warn!(?reason, topic, "cannot publish a shadow response");
+            tracing::warn!(?reason, "cannot publish a shadow response");
         }
     }
 }
