@@ -69,9 +69,10 @@ fn smoke_shadow_updates_are_accepted() {
         .lines()
         .find(|l| l.starts_with("| 4 |"))
         .unwrap_or_else(|| panic!("no result row in:\n{stdout}"));
+    // | things | things/connection | seconds | durable updates | ...
     let updates: u64 = row
         .split('|')
-        .nth(3)
+        .nth(4)
         .and_then(|c| c.trim().parse().ok())
         .expect("update count");
     assert!(
