@@ -108,7 +108,10 @@ pub(crate) async fn serve<S>(
     crate::will::start_sweeper(&shared);
     let _live = shared.live_guard();
     let mut rbuf = BytesMut::with_capacity(4096);
-    let Some(acc) = handshake(&shared, &mut stream, &mut rbuf, &info, internal).await else {
+    // The CONNECT exchange and the close are boxed: their futures are large and short-lived,
+    // and inline they would be part of every idle connection's task.
+    let Some(acc) = Box::pin(handshake(&shared, &mut stream, &mut rbuf, &info, internal)).await
+    else {
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
         return;
     };
@@ -117,6 +120,9 @@ pub(crate) async fn serve<S>(
         mut rx,
         mut ctrl_rx,
     } = acc;
+    if rbuf.is_empty() {
+        rbuf = BytesMut::with_capacity(READ_BUF_IDLE);
+    }
     let max_packet = shared.config.max_packet_size;
     let ka = conn
         .keep_alive
@@ -150,6 +156,7 @@ pub(crate) async fn serve<S>(
             }
         }
         let can_read = conn.acks.len() < read_limit;
+        let spare = rbuf.capacity() - rbuf.len();
         let ack_wait = async {
             match conn.acks.front_mut().and_then(|a| a.wait.as_mut()) {
                 Some(rx) => rx.await.unwrap_or(false),
@@ -197,6 +204,7 @@ pub(crate) async fn serve<S>(
                         }
                     }
                 }
+                fit_read_buffer(&mut rbuf, n, spare);
             }
             Event::AckReady(ok) => {
                 if let Some(front) = conn.acks.front_mut() {
@@ -220,7 +228,31 @@ pub(crate) async fn serve<S>(
             }
         }
     };
-    conn.finish(&mut stream, end).await;
+    Box::pin(conn.finish(&mut stream, end)).await;
+}
+
+/// Read buffer of a connection that reads little: what it keeps while waiting.
+const READ_BUF_IDLE: usize = 256;
+
+/// Read buffer of a connection whose reads fill the buffer.
+const READ_BUF_BUSY: usize = 8 * 1024;
+
+/// Sizes the read buffer for the next read, after a read of `read` bytes into `spare` bytes
+/// of room, once everything complete in it has been decoded. A read that filled the room
+/// calls for more (a big buffer for a busy connection); a small read that left nothing
+/// undecoded puts the connection back on a small buffer, which also lets go of the old
+/// allocation that delivered payloads may still share. Most connections are idle devices,
+/// so this is most of what a connection costs in memory.
+fn fit_read_buffer(rbuf: &mut BytesMut, read: usize, spare: usize) {
+    if read >= spare {
+        rbuf.reserve(if read >= READ_BUF_IDLE {
+            READ_BUF_BUSY
+        } else {
+            READ_BUF_IDLE
+        });
+    } else if rbuf.is_empty() && read < READ_BUF_IDLE && rbuf.capacity() > READ_BUF_IDLE {
+        *rbuf = BytesMut::with_capacity(READ_BUF_IDLE);
+    }
 }
 
 impl Conn {

@@ -223,11 +223,19 @@ impl Broker {
     }
 
     /// Runs one client connection until it closes. Never panics on bad input.
-    pub async fn serve_connection<S>(&self, stream: S, info: ConnectionInfo)
+    ///
+    /// Not an `async fn` on purpose: the returned future is the connection's own, without a
+    /// second copy of `stream` and `info` in a wrapper (an idle connection's memory is mostly
+    /// this future).
+    pub fn serve_connection<S>(
+        &self,
+        stream: S,
+        info: ConnectionInfo,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        connection::serve(self.shared.clone(), stream, info, None).await;
+        connection::serve(self.shared.clone(), stream, info, None)
     }
 
     /// Connection and subscription events from now on. A receiver that falls more than 4096

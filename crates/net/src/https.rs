@@ -39,7 +39,10 @@ pub async fn serve_https(
         let broker = broker.clone();
         let app = app.clone();
         async move {
-            let Some(tls) = handshake(&acceptor, stream, peer, timeout, "https").await else {
+            // Boxed: the handshake's state is large and only needed until it completes; inline
+            // it would stay in every connection's task for the connection's whole life.
+            let Some(tls) = Box::pin(handshake(&acceptor, stream, peer, timeout, "https")).await
+            else {
                 return;
             };
             let principal = principal_of(&tls);
@@ -61,7 +64,8 @@ pub async fn serve_https(
                     principal,
                     listener: "mqtts-alpn",
                 };
-                broker.serve_connection(tls, info).await;
+                // Boxed, so the task keeps only what the connection needs from now on.
+                Box::pin(broker.serve_connection(tls, info)).await;
                 return;
             }
             let info = ConnectionInfo {

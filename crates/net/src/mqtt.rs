@@ -25,7 +25,10 @@ pub async fn serve_mqtts(
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         async move {
-            let Some(tls) = handshake(&acceptor, stream, peer, timeout, "mqtts").await else {
+            // Boxed: the handshake's state is large and only needed until it completes; inline
+            // it would stay in every connection's task for the connection's whole life.
+            let Some(tls) = Box::pin(handshake(&acceptor, stream, peer, timeout, "mqtts")).await
+            else {
                 return;
             };
             let principal = principal_of(&tls);
@@ -34,7 +37,8 @@ pub async fn serve_mqtts(
                 principal,
                 listener: "mqtts",
             };
-            broker.serve_connection(tls, info).await;
+            // Boxed, so the task keeps only what the connection needs from now on.
+            Box::pin(broker.serve_connection(tls, info)).await;
         }
     })
     .await;
