@@ -44,11 +44,22 @@ struct Inner {
     /// Moves whenever the registry revision moves; connections compiled under an older
     /// generation recompile.
     generation: AtomicU64,
-    /// What the registry says about a (certificate id, client id) pair.
-    facts: Mutex<HashMap<(String, String), Arc<Facts>>>,
+    /// The things attached to each certificate: (thing name, association kind).
+    attached: Mutex<HashMap<String, AttachedThings>>,
+    /// What the registry says about a certificate connecting for a thing (or for none).
+    /// Keyed by (certificate id, thing name) rather than by client id, so that every client
+    /// id that names no attached thing shares one entry: the cache is bounded by the
+    /// registry, not by the client ids that connect, and a new client id costs no reads.
+    facts: Mutex<HashMap<FactsKey, Arc<Facts>>>,
 }
 
-/// Registry facts for one certificate connecting as one client id.
+/// (thing name, association kind) of every thing attached to a certificate.
+type AttachedThings = Arc<Vec<(String, String)>>;
+
+/// (certificate id, the thing the connection is for).
+type FactsKey = (String, Option<String>);
+
+/// Registry facts for one certificate connecting for one thing (or for none).
 struct Facts {
     policies: PolicySet,
     thing: Option<ThingContext>,
@@ -64,6 +75,7 @@ impl PolicyAuthorizer {
                 registry,
                 arns: Arns::new(region, account),
                 generation: AtomicU64::new(0),
+                attached: Mutex::new(HashMap::new()),
                 facts: Mutex::new(HashMap::new()),
             }),
         }
@@ -72,20 +84,56 @@ impl PolicyAuthorizer {
     /// Tells the authorizer the registry changed: every connection recompiles before its next
     /// decision.
     pub fn registry_changed(&self) {
-        self.inner.facts.lock().clear();
+        // Bump first: a lookup that started before sees the new generation when it tries to
+        // cache what it read, and does not.
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.attached.lock().clear();
+        self.inner.facts.lock().clear();
     }
 }
 
 impl Inner {
+    /// The things attached to a certificate, from the cache or the store.
+    fn attached_things(
+        &self,
+        certificate_id: &str,
+        cert_arn: &str,
+    ) -> Result<AttachedThings, StoreError> {
+        if let Some(found) = self.attached.lock().get(certificate_id) {
+            return Ok(found.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let things = Arc::new(
+            self.store
+                .read(|conn| principals::things_of_principal(conn, cert_arn))?,
+        );
+        let mut cache = self.attached.lock();
+        if self.generation.load(Ordering::SeqCst) == generation {
+            if cache.len() >= MAX_CACHED_FACTS {
+                cache.clear();
+            }
+            cache.insert(certificate_id.to_owned(), things.clone());
+        }
+        Ok(things)
+    }
+
     /// Loads (or takes from the cache) the facts for a certificate and client id. Blocking,
-    /// but only on a cache miss: once per connection identity per registry change.
+    /// but only on a cache miss: once per (certificate, thing) per registry change.
     fn facts(&self, certificate_id: &str, client_id: &str) -> Result<Arc<Facts>, StoreError> {
-        let key = (certificate_id.to_owned(), client_id.to_owned());
+        let cert_arn = self.arns.cert(certificate_id);
+        let things = self.attached_things(certificate_id, &cert_arn)?;
+        // Exclusive association: the certificate's one thing, whatever the client id.
+        // Otherwise the thing named by the client id, if it is attached.
+        let thing_name = things
+            .iter()
+            .find(|(_, kind)| kind == "EXCLUSIVE_THING")
+            .or_else(|| things.iter().find(|(name, _)| name == client_id))
+            .map(|(name, _)| name.clone());
+        let key = (certificate_id.to_owned(), thing_name.clone());
         if let Some(found) = self.facts.lock().get(&key) {
             return Ok(found.clone());
         }
-        let cert_arn = self.arns.cert(certificate_id);
+        let generation = self.generation.load(Ordering::SeqCst);
         let group_arn = |group: &str| {
             format!(
                 "arn:aws:iot:{}:{}:thinggroup/{group}",
@@ -94,14 +142,6 @@ impl Inner {
             )
         };
         let (documents, thing) = self.store.read(|conn| {
-            let things = principals::things_of_principal(conn, &cert_arn)?;
-            // Exclusive association: the certificate's one thing, whatever the client id.
-            // Otherwise the thing named by the client id, if it is attached.
-            let thing_name = things
-                .iter()
-                .find(|(_, kind)| kind == "EXCLUSIVE_THING")
-                .or_else(|| things.iter().find(|(name, _)| name == client_id))
-                .map(|(name, _)| name.clone());
             let thing = match &thing_name {
                 Some(name) => {
                     principals::thing_for_name(conn, name)?.map(|(type_name, attributes)| {
@@ -140,10 +180,12 @@ impl Inner {
             certificate,
         });
         let mut cache = self.facts.lock();
-        if cache.len() >= MAX_CACHED_FACTS {
-            cache.clear();
+        if self.generation.load(Ordering::SeqCst) == generation {
+            if cache.len() >= MAX_CACHED_FACTS {
+                cache.clear();
+            }
+            cache.insert(key, facts.clone());
         }
-        cache.insert(key, facts.clone());
         Ok(facts)
     }
 }
