@@ -1,5 +1,6 @@
 //! The rustls client-certificate check: a valid chain *and* an ACTIVE registration.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -26,7 +27,16 @@ use crate::{AuthError, CertificateRegistry, Trust, provider};
 pub struct RegistryClientVerifier {
     chain: Arc<dyn ClientCertVerifier>,
     registry: CertificateRegistry,
+    /// Certificates (sent without intermediates) whose chain to the roots was verified, with
+    /// their validity window in Unix seconds. That check is a signature verification whose
+    /// outcome depends only on the certificate's bytes and the roots, which never change, so
+    /// a device that reconnects skips it; the dates are checked on every connection, and the
+    /// proof of possession of the key and the registry status always run.
+    verified_chains: parking_lot::Mutex<HashMap<CertificateId, (i64, i64)>>,
 }
+
+/// Most entries of `verified_chains`; it starts over when full.
+const MAX_VERIFIED_CHAINS: usize = 200_000;
 
 impl std::fmt::Debug for RegistryClientVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,7 +55,28 @@ impl RegistryClientVerifier {
         let chain = WebPkiClientVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| AuthError::Invalid(format!("client verifier: {e}")))?;
-        Ok(RegistryClientVerifier { chain, registry })
+        Ok(RegistryClientVerifier {
+            chain,
+            registry,
+            verified_chains: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl RegistryClientVerifier {
+    fn remember_chain(&self, id: &CertificateId, der: &CertificateDer<'_>) {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return;
+        };
+        let window = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        let mut known = self.verified_chains.lock();
+        if known.len() >= MAX_VERIFIED_CHAINS {
+            known.clear();
+        }
+        known.insert(id.clone(), window);
     }
 }
 
@@ -69,10 +100,26 @@ impl ClientCertVerifier for RegistryClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let id = CertificateId::from_der(end_entity);
-        if let Err(err) = self
-            .chain
-            .verify_client_cert(end_entity, intermediates, now)
-        {
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let chain_known_good = intermediates.is_empty()
+            && self
+                .verified_chains
+                .lock()
+                .get(&id)
+                .is_some_and(|&(from, until)| from <= now_secs && now_secs <= until);
+        let chain = if chain_known_good {
+            Ok(())
+        } else {
+            let checked = self
+                .chain
+                .verify_client_cert(end_entity, intermediates, now)
+                .map(drop);
+            if checked.is_ok() && intermediates.is_empty() {
+                self.remember_chain(&id, end_entity);
+            }
+            checked
+        };
+        if let Err(err) = chain {
             // Not from the thingd root: a certificate registered without a CA needs no chain;
             // one registered under a CA must chain to that CA while it is ACTIVE.
             let fallback = match self.registry.trust(&id) {

@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -594,4 +595,37 @@ fn no_session_resumption() {
     assert_eq!(config.send_tls13_tickets, 0);
     assert!(!config.ticketer.enabled());
     assert!(!config.session_storage.can_cache());
+}
+
+#[test]
+fn a_certificate_verified_before_is_still_refused_outside_its_dates() {
+    let f = fixture();
+    let verifier = f.verifier();
+    let device = f.ca.issue_and_register(&f.store, "again", false).unwrap();
+    f.registry.refresh(&f.store).unwrap();
+    let leaf = der(&device.certificate_pem);
+    let info = thingd_auth::inspect_certificate_pem(&device.certificate_pem).unwrap();
+
+    // The first connection verifies the chain; the second one takes the remembered result.
+    let now = UnixTime::now();
+    verifier.verify_client_cert(&leaf, &[], now).unwrap();
+    verifier.verify_client_cert(&leaf, &[], now).unwrap();
+
+    // Remembered or not, the dates are checked on every connection...
+    let after = UnixTime::since_unix_epoch(Duration::from_secs(info.not_after as u64 + 60));
+    assert!(matches!(
+        verifier.verify_client_cert(&leaf, &[], after).unwrap_err(),
+        rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
+    ));
+    let before = UnixTime::since_unix_epoch(Duration::from_secs(info.not_before as u64 - 60));
+    assert!(matches!(
+        verifier.verify_client_cert(&leaf, &[], before).unwrap_err(),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })
+    ));
+    // ...and so is the registry status.
+    f.set_status(&device.id, CertificateStatus::Revoked);
+    assert_eq!(
+        verifier.verify_client_cert(&leaf, &[], now).unwrap_err(),
+        rustls::Error::InvalidCertificate(CertificateError::Revoked)
+    );
 }
