@@ -13,9 +13,6 @@ use thingd_mqtt::QoS;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-/// The client id the service publishes with.
-pub const LIFECYCLE_CLIENT_ID: &str = "$thingd/lifecycle-events";
-
 /// Per-client-id bookkeeping: AWS's `versionNumber` grows with each connection of a client
 /// id, and connect and disconnect of one connection share it and its session identifier.
 #[derive(Default)]
@@ -55,13 +52,14 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let events = broker.events();
-    let client = broker.internal_client(LIFECYCLE_CLIENT_ID);
-    publish_lifecycle_events(events, client, shutdown)
+    publish_lifecycle_events(events, broker.clone(), shutdown)
 }
 
+/// Publishes each event straight into the broker (QoS 1, in event order), without waiting
+/// for the subscribers' copies to be stored: a connect storm produces thousands a second.
 async fn publish_lifecycle_events(
     mut events: tokio::sync::broadcast::Receiver<BrokerEvent>,
-    client: thingd_broker::InternalClient,
+    broker: Broker,
     shutdown: CancellationToken,
 ) {
     let mut versions = Versions::default();
@@ -82,11 +80,14 @@ async fn publish_lifecycle_events(
             Err(RecvError::Closed) => return,
         };
         if let Some((topic, payload)) = render(&event, &mut versions, now_ms())
-            && let Err(error) = client
-                .publish(&topic, payload.to_string(), QoS::AtLeastOnce, false)
-                .await
+            && let Err(reason) = broker.publish(
+                topic.clone(),
+                bytes::Bytes::from(payload.to_string()),
+                QoS::AtLeastOnce,
+                false,
+            )
         {
-            tracing::warn!(?error, topic, "publishing a lifecycle event failed");
+            tracing::warn!(?reason, topic, "publishing a lifecycle event failed");
         }
     }
 }
