@@ -242,7 +242,7 @@ pub(crate) const THINGD_TOML: &str = "\
 receive_maximum = 100
 max_inflight_out = 100
 max_queued_messages = 100000
-outbound_queue = 8192
+outbound_queue = 4096
 max_connections = 200000
 ";
 

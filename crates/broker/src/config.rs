@@ -27,7 +27,7 @@ impl Default for BrokerConfig {
             maximum_qos: 2,
             max_session_expiry: 3600,
             max_queued_messages: 1000,
-            outbound_queue: 8192,
+            outbound_queue: 4096,
             connect_timeout: Duration::from_secs(10),
             max_message_expiry: 604_800,
             max_publishes_per_second: 0,
