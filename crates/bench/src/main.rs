@@ -184,39 +184,42 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
             },
         ];
     }
+    // Counts are sized so that each run lasts seconds, not a fraction of one: runs under a
+    // second were dominated by how they started (1→1 QoS 1 swung between ~120k and ~200k
+    // msg/s from run to run).
     let mut list = vec![
         OneToOne {
             qos: q0,
             size: 16,
-            count: 200_000,
+            count: 1_000_000,
         },
         OneToOne {
             qos: q0,
             size: 1024,
-            count: 200_000,
+            count: 1_000_000,
         },
         OneToOne {
             qos: q1,
             size: 16,
-            count: 100_000,
+            count: 500_000,
         },
         OneToOne {
             qos: q1,
             size: 1024,
-            count: 100_000,
+            count: 500_000,
         },
         FanOut {
             subs: 1000,
-            count: 300,
+            count: 1000,
         },
         FanIn {
             pubs: 1000,
-            per_pub: 50,
+            per_pub: 200,
             shared: false,
         },
         FanIn {
             pubs: 1000,
-            per_pub: 50,
+            per_pub: 200,
             shared: true,
         },
         FixedRate {
