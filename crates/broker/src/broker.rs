@@ -181,6 +181,25 @@ impl Shared {
         rx
     }
 
+    /// Publishes an accepted application message: stores it as retained if it is, delivers
+    /// it to every matching subscription, and submits the writes. The receiver yields whether
+    /// what had to be durable (a retained QoS ≥ 1 message, copies for persistent sessions)
+    /// committed. Shared by client PUBLISHes and in-process publishes.
+    pub(crate) fn publish(&self, msg: &Arc<AppMsg>) -> oneshot::Receiver<bool> {
+        metrics::message_in(msg.qos);
+        let mut fx = self.effects();
+        if msg.retain {
+            let op = self.retained.set(msg);
+            if msg.qos == QoS::AtMostOnce {
+                fx.detached.push(op);
+            } else {
+                fx.durable.push(op);
+            }
+        }
+        self.route(msg, &mut fx);
+        self.commit(fx)
+    }
+
     /// Delivers `msg` to every matching subscription.
     pub(crate) fn route(&self, msg: &Arc<AppMsg>, fx: &mut Effects) {
         struct Target {

@@ -486,18 +486,7 @@ impl Conn {
             expires_at: expiry_from(expiry, cfg.max_message_expiry, now),
             origin: Some(self.client_id.clone()),
         });
-        metrics::message_in(p.qos);
-        let mut fx = self.shared.effects();
-        if msg.retain {
-            let op = self.shared.retained.set(&msg);
-            if msg.qos == QoS::AtMostOnce {
-                fx.detached.push(op);
-            } else {
-                fx.durable.push(op);
-            }
-        }
-        self.shared.route(&msg, &mut fx);
-        let wait = self.shared.commit(fx);
+        let wait = self.shared.publish(&msg);
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {

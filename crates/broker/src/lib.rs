@@ -346,18 +346,7 @@ impl Broker {
             expires_at: None,
             origin: None,
         });
-        metrics::message_in(qos);
-        let mut fx = shared.effects();
-        if retain {
-            let op = shared.retained.set(&msg);
-            if qos == thingd_mqtt::QoS::AtMostOnce {
-                fx.detached.push(op);
-            } else {
-                fx.durable.push(op);
-            }
-        }
-        shared.route(&msg, &mut fx);
-        Ok(shared.commit(fx))
+        Ok(shared.publish(&msg))
     }
 
     /// The live retained messages, ordered by topic (for the `iot-data` ListRetainedMessages

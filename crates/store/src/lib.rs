@@ -274,9 +274,8 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (slot, done) = self.submit_transaction(f)?;
-        done.await.map_err(|_| StoreError::Closed)??;
-        take_value(&slot)
+        // Called inside this async fn, so the closure still reaches the writer on first poll.
+        self.transact_queued(f).await
     }
 
     /// [`Store::transact`], except that `f` is handed to the writer before this returns
