@@ -205,8 +205,6 @@ type Commit = Pin<Box<dyn Future<Output = Result<PutResults, StoreError>> + Send
 /// A computed batch: answers in arrival order and the queued transaction of its writes.
 struct Batch {
     items: Vec<Item>,
-    /// The puts' ids, for dropping cache entries whose write did not happen.
-    written: Vec<ShadowId>,
     commit: Option<Commit>,
     /// The cache generation the answers were computed in.
     generation: u64,
@@ -527,7 +525,6 @@ impl Core {
         let loaded = self.load_missing(&requests).await;
         let now = now_secs();
         let mut puts: Vec<Put> = Vec::new();
-        let mut written = Vec::new();
         let mut items = Vec::with_capacity(requests.len());
         let generation = {
             let mut cache = self.cache.lock();
@@ -542,7 +539,6 @@ impl Core {
                 };
                 let put = put.map(|put| {
                     puts.push(put);
-                    written.push(request.id.clone());
                     puts.len() - 1
                 });
                 items.push(Item {
@@ -572,7 +568,6 @@ impl Core {
         });
         Batch {
             items,
-            written,
             commit,
             generation,
         }
@@ -588,11 +583,17 @@ impl Core {
     ) -> (Result<Answer, ShadowError>, Option<String>, Option<Put>) {
         let id = &request.id;
         let expected = current.as_ref().map(|s| s.version);
-        let put = |row: ShadowRow| Put {
+        // The row that stores `shadow` in place of the one this request read.
+        let put = |shadow: &StoredShadow| Put {
             thing: id.thing.as_str().to_owned(),
             shadow: shadow_key(id),
             expected,
-            row,
+            row: ShadowRow {
+                document: shadow.to_bytes(),
+                version: shadow.version,
+                updated_at: now,
+                deleted_at: shadow.deleted_at,
+            },
         };
         match &request.op {
             Op::Refused(e) => (Err(e.clone()), None, None),
@@ -608,19 +609,14 @@ impl Core {
                 let Some(shadow) = current.as_ref() else {
                     return (Err(ShadowError::internal()), None, None);
                 };
-                let row = ShadowRow {
-                    document: shadow.to_bytes(),
-                    version: shadow.version,
-                    updated_at: now,
-                    deleted_at: None,
-                };
+                let row = put(shadow);
                 let for_caller = match request.reply {
                     Reply::Http(_) => Some(Box::new(shadow.clone())),
                     Reply::Mqtt(_) => None,
                 };
                 let token = payloads.client_token.clone();
                 let answer = Answer::Updated(Box::new(payloads), for_caller);
-                (Ok(answer), token, Some(put(row)))
+                (Ok(answer), token, Some(row))
             }
             Op::Delete {
                 token,
@@ -636,17 +632,12 @@ impl Core {
                     Ok(outcome) => outcome,
                     Err(e) => return (Err(e), token.clone(), None),
                 };
-                let row = ShadowRow {
-                    document: outcome.tombstone.to_bytes(),
-                    version: outcome.tombstone.version,
-                    updated_at: now,
-                    deleted_at: outcome.tombstone.deleted_at,
-                };
+                let row = put(&outcome.tombstone);
                 *current = Some(outcome.tombstone);
                 (
                     Ok(Answer::Deleted(outcome.accepted)),
                     token.clone(),
-                    Some(put(row)),
+                    Some(row),
                 )
             }
         }
@@ -724,8 +715,12 @@ impl Core {
                         cache.generation += 1;
                     }
                     Ok(results) => {
-                        for (id, ok) in batch.written.iter().zip(results) {
-                            if !ok {
+                        for item in &batch.items {
+                            if item
+                                .put
+                                .is_some_and(|i| !results.get(i).copied().unwrap_or(false))
+                            {
+                                let id = &item.request.id;
                                 tracing::warn!(thing = %id.thing.as_str(), "shadow changed under the service; re-reading it");
                                 cache.docs.remove(id);
                             }
