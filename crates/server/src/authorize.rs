@@ -45,12 +45,53 @@ struct Inner {
     /// generation recompile.
     generation: AtomicU64,
     /// The things attached to each certificate: (thing name, association kind).
-    attached: Mutex<HashMap<String, AttachedThings>>,
+    attached: RegistryCache<String, AttachedThings>,
     /// What the registry says about a certificate connecting for a thing (or for none).
     /// Keyed by (certificate id, thing name) rather than by client id, so that every client
     /// id that names no attached thing shares one entry: the cache is bounded by the
     /// registry, not by the client ids that connect, and a new client id costs no reads.
-    facts: Mutex<HashMap<FactsKey, Arc<Facts>>>,
+    facts: RegistryCache<FactsKey, Arc<Facts>>,
+}
+
+/// What was read from the registry, kept until the registry changes. Bounded: it starts over
+/// when it holds [`MAX_CACHED_FACTS`] entries.
+struct RegistryCache<K, V> {
+    map: Mutex<HashMap<K, V>>,
+}
+
+impl<K: Eq + std::hash::Hash, V: Clone> RegistryCache<K, V> {
+    fn new() -> Self {
+        RegistryCache {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cached value of `key`, or `load`'s, which is kept unless the registry `generation`
+    /// moved while it was loading (it may then be stale).
+    fn get_or_load<E>(
+        &self,
+        key: K,
+        generation: &AtomicU64,
+        load: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, E> {
+        if let Some(found) = self.map.lock().get(&key) {
+            return Ok(found.clone());
+        }
+        let at_start = generation.load(Ordering::SeqCst);
+        let value = load()?;
+        let mut map = self.map.lock();
+        if generation.load(Ordering::SeqCst) == at_start {
+            if map.len() >= MAX_CACHED_FACTS {
+                map.clear();
+            }
+            map.insert(key, value.clone());
+        }
+        Ok(value)
+    }
+
+    fn clear(&self) {
+        self.map.lock().clear();
+    }
 }
 
 /// (thing name, association kind) of every thing attached to a certificate.
@@ -75,8 +116,8 @@ impl PolicyAuthorizer {
                 registry,
                 arns: Arns::new(region, account),
                 generation: AtomicU64::new(0),
-                attached: Mutex::new(HashMap::new()),
-                facts: Mutex::new(HashMap::new()),
+                attached: RegistryCache::new(),
+                facts: RegistryCache::new(),
             }),
         }
     }
@@ -87,8 +128,8 @@ impl PolicyAuthorizer {
         // Bump first: a lookup that started before sees the new generation when it tries to
         // cache what it read, and does not.
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
-        self.inner.attached.lock().clear();
-        self.inner.facts.lock().clear();
+        self.inner.attached.clear();
+        self.inner.facts.clear();
     }
 }
 
@@ -99,22 +140,13 @@ impl Inner {
         certificate_id: &str,
         cert_arn: &str,
     ) -> Result<AttachedThings, StoreError> {
-        if let Some(found) = self.attached.lock().get(certificate_id) {
-            return Ok(found.clone());
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let things = Arc::new(
-            self.store
-                .read(|conn| principals::things_of_principal(conn, cert_arn))?,
-        );
-        let mut cache = self.attached.lock();
-        if self.generation.load(Ordering::SeqCst) == generation {
-            if cache.len() >= MAX_CACHED_FACTS {
-                cache.clear();
-            }
-            cache.insert(certificate_id.to_owned(), things.clone());
-        }
-        Ok(things)
+        self.attached
+            .get_or_load(certificate_id.to_owned(), &self.generation, || {
+                let things = self
+                    .store
+                    .read(|conn| principals::things_of_principal(conn, cert_arn))?;
+                Ok(Arc::new(things))
+            })
     }
 
     /// Loads (or takes from the cache) the facts for a certificate and client id. Blocking,
@@ -130,10 +162,18 @@ impl Inner {
             .or_else(|| things.iter().find(|(name, _)| name == client_id))
             .map(|(name, _)| name.clone());
         let key = (certificate_id.to_owned(), thing_name.clone());
-        if let Some(found) = self.facts.lock().get(&key) {
-            return Ok(found.clone());
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
+        self.facts.get_or_load(key, &self.generation, || {
+            self.load_facts(certificate_id, &cert_arn, thing_name)
+        })
+    }
+
+    /// Reads the facts for a certificate connecting for `thing_name` (or for no thing).
+    fn load_facts(
+        &self,
+        certificate_id: &str,
+        cert_arn: &str,
+        thing_name: Option<String>,
+    ) -> Result<Arc<Facts>, StoreError> {
         let group_arn = |group: &str| {
             format!(
                 "arn:aws:iot:{}:{}:thinggroup/{group}",
@@ -156,7 +196,7 @@ impl Inner {
             };
             let documents = attachments::effective_policies(
                 conn,
-                Some(&cert_arn),
+                Some(cert_arn),
                 thing_name.as_deref(),
                 group_arn,
             )?;
@@ -174,19 +214,11 @@ impl Inner {
         let certificate = CertificateId::parse(certificate_id)
             .and_then(|id| self.store.certificate(&id).ok().flatten())
             .and_then(|record| thingd_auth::certificate_context(&record.pem));
-        let facts = Arc::new(Facts {
+        Ok(Arc::new(Facts {
             policies,
             thing,
             certificate,
-        });
-        let mut cache = self.facts.lock();
-        if self.generation.load(Ordering::SeqCst) == generation {
-            if cache.len() >= MAX_CACHED_FACTS {
-                cache.clear();
-            }
-            cache.insert(key, facts.clone());
-        }
-        Ok(facts)
+        }))
     }
 }
 
