@@ -185,7 +185,11 @@ impl Shared {
     /// it to every matching subscription, and submits the writes. The receiver yields whether
     /// what had to be durable (a retained QoS ≥ 1 message, copies for persistent sessions)
     /// committed. Shared by client PUBLISHes and in-process publishes.
-    pub(crate) fn publish(&self, msg: &Arc<AppMsg>) -> oneshot::Receiver<bool> {
+    /// Also hands back the receivers the message left with a nearly full outbound queue.
+    pub(crate) fn publish(
+        &self,
+        msg: &Arc<AppMsg>,
+    ) -> (oneshot::Receiver<bool>, Vec<crate::pace::SlowReceiver>) {
         metrics::message_in(msg.qos);
         let mut fx = self.effects();
         if msg.retain {
@@ -197,7 +201,8 @@ impl Shared {
             }
         }
         self.route(msg, &mut fx);
-        self.commit(fx)
+        let slow = std::mem::take(&mut fx.slow);
+        (self.commit(fx), slow)
     }
 
     /// Delivers `msg` to every matching subscription.

@@ -303,12 +303,14 @@ async fn accept(
     // Connection state and session.
     let conn_id = shared.next_conn_id();
     let (tx, rx) = mpsc::channel(cfg.outbound_queue.max(1));
+    let drain = Arc::new(crate::pace::Drain::default());
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
     let link = Link {
         conn_id,
         version: c.protocol,
         tx,
+        drain: drain.clone(),
         ctrl: ctrl_tx,
         policy: policy.clone(),
         principal: info.principal.clone(),
@@ -414,6 +416,8 @@ async fn accept(
         acks: Default::default(),
         wbuf,
         rate_window: (0, 0),
+        drain,
+        pacing: Default::default(),
     };
     Ok(Accepted { conn, rx, ctrl_rx })
 }

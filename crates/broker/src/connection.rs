@@ -19,6 +19,7 @@ use crate::alias::{AliasError, InAliases};
 use crate::broker::{Shared, SubKey, SubVal, session_record, split_filter};
 use crate::connect::{handshake, packet_name};
 use crate::message::{AppMsg, Delivery, encode_frame, expiry_from, forwardable};
+use crate::pace::{Drain, Pacing};
 use crate::session::{Control, SessionCell, SubRecord, pubrel};
 use crate::{ConnectionInfo, ConnectionPolicy, metrics, reserved};
 
@@ -83,6 +84,10 @@ pub(crate) struct Conn {
     pub(crate) wbuf: BytesMut,
     /// Inbound publish rate: the start of the current one-second window (ms) and the count in it.
     pub(crate) rate_window: (u64, u32),
+    /// Wakes publishers paused on this connection's outbound queue.
+    pub(crate) drain: Arc<Drain>,
+    /// Receivers this connection's publishes filled up: it reads no more until they drain.
+    pub(crate) pacing: Pacing,
 }
 
 enum Event {
@@ -90,6 +95,7 @@ enum Event {
     Frame(Option<Bytes>),
     Ctrl(Option<Control>),
     AckReady(bool),
+    Resumed,
     KeepAlive,
 }
 
@@ -138,7 +144,7 @@ pub(crate) async fn serve<S>(
         ProtocolVersion::V5 => usize::MAX,
     };
 
-    let end = 'main: loop {
+    let end = loop {
         if let Err(e) = conn.flush_acks() {
             break e;
         }
@@ -155,10 +161,13 @@ pub(crate) async fn serve<S>(
                 _ => break End::Lost,
             }
         }
-        let can_read = conn.acks.len() < read_limit;
+        let can_read = conn.acks.len() < read_limit && !conn.pacing.paused();
+        let paused = conn.pacing.paused();
+        let pacing = &mut conn.pacing;
         let spare = rbuf.capacity() - rbuf.len();
+        let acks = &mut conn.acks;
         let ack_wait = async {
-            match conn.acks.front_mut().and_then(|a| a.wait.as_mut()) {
+            match acks.front_mut().and_then(|a| a.wait.as_mut()) {
                 Some(rx) => rx.await.unwrap_or(false),
                 None => std::future::pending().await,
             }
@@ -176,6 +185,7 @@ pub(crate) async fn serve<S>(
             // wait for the store (AWS: no new publishes until PUBACKs are sent).
             r = stream.read_buf(&mut rbuf), if can_read => Event::Read(r),
             ok = ack_wait => Event::AckReady(ok),
+            () = pacing.resume(), if paused => Event::Resumed,
             f = rx.recv() => Event::Frame(f),
             _ = sleep => Event::KeepAlive,
         };
@@ -188,21 +198,8 @@ pub(crate) async fn serve<S>(
             Event::Read(Ok(n)) => {
                 metrics::bytes_in(n);
                 deadline = ka.map(|d| Instant::now() + d);
-                loop {
-                    match thingd_mqtt::decode(&mut rbuf, conn.version, max_packet) {
-                        Ok(Some(p)) => {
-                            if let Err(e) = conn.handle(p) {
-                                break 'main e;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            break 'main End::Violation(
-                                e.reason_code(),
-                                "malformed or oversized packet",
-                            );
-                        }
-                    }
+                if let Err(e) = conn.handle_buffered(&mut rbuf, max_packet) {
+                    break e;
                 }
                 fit_read_buffer(&mut rbuf, n, spare);
             }
@@ -221,7 +218,13 @@ pub(crate) async fn serve<S>(
                         Err(_) => break,
                     }
                 }
+                conn.drain.drained(&rx);
                 conn.pump();
+            }
+            Event::Resumed => {
+                if let Err(e) = conn.handle_buffered(&mut rbuf, max_packet) {
+                    break e;
+                }
             }
             Event::KeepAlive => {
                 break End::Violation(ReasonCode::KeepAliveTimeout, "keep alive timeout");
@@ -256,6 +259,24 @@ fn fit_read_buffer(rbuf: &mut BytesMut, read: usize, spare: usize) {
 }
 
 impl Conn {
+    /// Handles every complete packet in `rbuf`, stopping early when a publish found a
+    /// receiver too slow (the rest waits in the buffer until the receivers drain).
+    fn handle_buffered(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), End> {
+        while !self.pacing.paused() {
+            match thingd_mqtt::decode(rbuf, self.version, max_packet) {
+                Ok(Some(p)) => self.handle(p)?,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(End::Violation(
+                        e.reason_code(),
+                        "malformed or oversized packet",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn v5(&self) -> bool {
         self.version == ProtocolVersion::V5
     }
@@ -486,7 +507,8 @@ impl Conn {
             expires_at: expiry_from(expiry, cfg.max_message_expiry, now),
             origin: Some(self.client_id.clone()),
         });
-        let wait = self.shared.publish(&msg);
+        let (wait, slow) = self.shared.publish(&msg);
+        self.pacing.add(slow);
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {

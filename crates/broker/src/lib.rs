@@ -35,8 +35,10 @@
 //! - Publishers' PUBACK/PUBREC are sent only after every message queued for a persistent
 //!   session (online or offline) and every retained QoS ≥ 1 message is committed; such
 //!   messages stay in the store until the receiver acknowledges them.
-//! - Slow consumers: a full outbound queue drops QoS 0 (`slow_consumer`) and queues QoS 1/2
-//!   in the session (bounded, oldest dropped: `queue_full`). Publishers never wait.
+//! - Slow consumers: a publisher that fills a receiver's outbound queue past three-quarters
+//!   stops being read until it drains to half, for at most 100 ms (`pace`); after that the
+//!   receiver is left behind: a full outbound queue drops QoS 0 (`slow_consumer`) and queues
+//!   QoS 1/2 in the session (bounded, oldest dropped: `queue_full`).
 //! - Shared subscriptions pick the next online member round robin; with none online, a
 //!   member with a persistent session queues QoS ≥ 1 messages.
 //! - Overlapping subscriptions of one client get one copy with the highest QoS and all
@@ -54,6 +56,7 @@ mod events;
 mod internal;
 mod message;
 mod metrics;
+mod pace;
 mod persist;
 mod reserved;
 mod retained;
@@ -115,7 +118,8 @@ pub struct BrokerConfig {
     pub max_session_expiry: u32,
     /// Messages queued per offline session before the oldest are dropped.
     pub max_queued_messages: usize,
-    /// Bound of each connection's outbound queue; QoS 0 is dropped when full.
+    /// Bound of each connection's outbound queue, in frames; publishers are paced to it, and
+    /// QoS 0 is dropped when it is full.
     pub outbound_queue: usize,
     /// Time allowed between accept and a complete CONNECT.
     pub connect_timeout: Duration,
@@ -346,7 +350,7 @@ impl Broker {
             expires_at: None,
             origin: None,
         });
-        Ok(shared.publish(&msg))
+        Ok(shared.publish(&msg).0)
     }
 
     /// The live retained messages, ordered by topic (for the `iot-data` ListRetainedMessages

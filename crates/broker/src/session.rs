@@ -21,6 +21,7 @@ use crate::ConnectionPolicy;
 use crate::alias::{AliasUse, OutAliases};
 use crate::message::{AppMsg, Delivery, encode_frame, publish_packet};
 use crate::metrics::{self, DropReason};
+use crate::pace::{Drain, SlowReceiver};
 use crate::persist;
 
 /// A session behind its lock.
@@ -49,6 +50,8 @@ pub(crate) struct Link {
     pub(crate) version: ProtocolVersion,
     /// Encoded frames for the writer; bounded (`outbound_queue`).
     pub(crate) tx: mpsc::Sender<Bytes>,
+    /// Signals publishers paused on `tx` (see `pace`).
+    pub(crate) drain: Arc<Drain>,
     pub(crate) ctrl: mpsc::UnboundedSender<Control>,
     pub(crate) policy: Arc<dyn ConnectionPolicy>,
     pub(crate) principal: Option<String>,
@@ -96,6 +99,9 @@ pub(crate) struct Effects {
     /// (message address, version, retain) → frame. The entry holds the message so that its
     /// address cannot be reused while the cache lives.
     qos0_cache: HashMap<Qos0Key, (Arc<AppMsg>, Option<Bytes>)>,
+    /// Receivers whose outbound queue these deliveries filled past three-quarters: the
+    /// publisher waits for them before it reads on (see `pace`).
+    pub(crate) slow: Vec<SlowReceiver>,
 }
 
 impl Effects {
@@ -106,6 +112,7 @@ impl Effects {
             durable: Vec::new(),
             detached: Vec::new(),
             qos0_cache: HashMap::new(),
+            slow: Vec::new(),
         }
     }
 }
@@ -272,6 +279,8 @@ impl Session {
                 tracing::debug!(client_id = %self.client_id, "outbound queue full, dropping QoS 0 message");
             }
         }
+        fx.slow
+            .extend(SlowReceiver::after_send(&link.tx, &link.drain));
     }
 
     /// Sends a QoS 1/2 delivery on the live link (the caller checked `can_send_now`).
@@ -294,6 +303,8 @@ impl Session {
             metrics::queued(1);
             return;
         }
+        fx.slow
+            .extend(SlowReceiver::after_send(&link.tx, &link.drain));
         metrics::message_out(d.qos);
         self.inflight.push_back(Inflight {
             pid,
@@ -519,6 +530,7 @@ mod tests {
             conn_id: 1,
             version: ProtocolVersion::V5,
             tx,
+            drain: Default::default(),
             ctrl,
             policy: Arc::new(crate::AllowAll),
             principal: None,

@@ -1,0 +1,248 @@
+//! Pacing publishers to receivers that read slower than they are sent to.
+//!
+//! Every connection has a bounded outbound queue of encoded frames. A QoS 0 message that
+//! finds the queue full is dropped, so a publisher faster than one of its receivers would
+//! lose most of what it sends. Instead, when a delivery leaves a receiver's queue more than
+//! three-quarters full, the publishing connection stops reading from its socket (TCP then
+//! slows the client down) until that queue has drained to half, like a broker that writes
+//! straight to its receivers' sockets.
+//!
+//! A receiver that does not drain within [`PACE_LIMIT`] is marked stalled: publishers stop
+//! waiting for it (its QoS 0 messages are dropped once its queue is full, QoS 1/2 ones queue
+//! in its session), so one stuck client cannot hold up everyone who publishes to it. It is
+//! paced again once it has drained to half.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+/// Longest a publisher waits for its slow receivers before giving up on them. A receiver that
+/// cannot take a quarter of its queue (1,024 frames by default) in this time is slower than
+/// about 10,000 messages per second: it is left behind rather than allowed to set the pace.
+pub(crate) const PACE_LIMIT: Duration = Duration::from_millis(100);
+
+/// The receiver side's half of pacing: publishers waiting for this connection's queue to
+/// drain, and whether it is stalled. Shared by the connection and its session's `Link`.
+#[derive(Default)]
+pub(crate) struct Drain {
+    notify: Notify,
+    /// A publisher waits (or gave up) on this queue: the connection signals when it drains.
+    watched: AtomicBool,
+    /// A publisher gave up on this queue; nobody waits for it until it drains.
+    stalled: AtomicBool,
+}
+
+impl Drain {
+    /// Called by the receiving connection after it took frames off its queue.
+    pub(crate) fn drained(&self, rx: &mpsc::Receiver<Bytes>) {
+        if self.watched.load(Ordering::SeqCst) && below_half(rx.len(), rx.max_capacity()) {
+            self.stalled.store(false, Ordering::SeqCst);
+            self.watched.store(false, Ordering::SeqCst);
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+fn below_half(len: usize, max: usize) -> bool {
+    len * 2 <= max
+}
+
+/// A receiver whose queue a publisher has filled past three-quarters.
+pub(crate) struct SlowReceiver {
+    tx: mpsc::Sender<Bytes>,
+    drain: Arc<Drain>,
+}
+
+impl SlowReceiver {
+    /// The receiver to wait for after a delivery to `tx`, if its queue is now more than
+    /// three-quarters full and it is not stalled.
+    pub(crate) fn after_send(tx: &mpsc::Sender<Bytes>, drain: &Arc<Drain>) -> Option<SlowReceiver> {
+        let max = tx.max_capacity();
+        let used = max - tx.capacity();
+        if used * 4 <= max * 3 || drain.stalled.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(SlowReceiver {
+            tx: tx.clone(),
+            drain: drain.clone(),
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.tx.is_closed()
+            || below_half(
+                self.tx.max_capacity() - self.tx.capacity(),
+                self.tx.max_capacity(),
+            )
+    }
+
+    /// Waits until the queue has drained to half (or the receiver is gone).
+    async fn wait(&self) {
+        loop {
+            let notified = self.drain.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.drain.watched.store(true, Ordering::SeqCst);
+            if self.ready() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks the receiver stalled: publishers stop waiting for it until it drains.
+    fn give_up(&self) {
+        self.drain.stalled.store(true, Ordering::SeqCst);
+        self.drain.watched.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The receivers one publishing connection waits for before it reads again.
+#[derive(Default)]
+pub(crate) struct Pacing {
+    slow: Vec<SlowReceiver>,
+    until: Option<tokio::time::Instant>,
+}
+
+impl Pacing {
+    /// Adds receivers found slow while routing this connection's messages.
+    pub(crate) fn add(&mut self, slow: Vec<SlowReceiver>) {
+        for s in slow {
+            if !self.slow.iter().any(|w| Arc::ptr_eq(&w.drain, &s.drain)) {
+                self.slow.push(s);
+            }
+        }
+        if !self.slow.is_empty() && self.until.is_none() {
+            self.until = Some(tokio::time::Instant::now() + PACE_LIMIT);
+        }
+    }
+
+    /// True while the connection must not read.
+    pub(crate) fn paused(&self) -> bool {
+        !self.slow.is_empty()
+    }
+
+    /// Waits until every slow receiver has drained; a receiver still full after
+    /// [`PACE_LIMIT`] is marked stalled and no longer waited for.
+    pub(crate) async fn resume(&mut self) {
+        let until = self
+            .until
+            .unwrap_or_else(|| tokio::time::Instant::now() + PACE_LIMIT);
+        while let Some(first) = self.slow.first() {
+            if tokio::time::timeout_at(until, first.wait()).await.is_err() {
+                for s in &self.slow {
+                    if !s.ready() {
+                        s.give_up();
+                    }
+                }
+                self.slow.clear();
+            } else {
+                self.slow.retain(|s| !s.ready());
+            }
+        }
+        self.until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(tx: &mpsc::Sender<Bytes>, n: usize) {
+        for _ in 0..n {
+            tx.try_send(Bytes::from_static(b"x")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_queue_three_quarters_full_is_slow() {
+        let (tx, _rx) = mpsc::channel(8);
+        let drain = Arc::new(Drain::default());
+        fill(&tx, 6);
+        assert!(SlowReceiver::after_send(&tx, &drain).is_none());
+        fill(&tx, 1);
+        assert!(SlowReceiver::after_send(&tx, &drain).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_publisher_resumes_when_the_receiver_drains_to_half() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let drain = Arc::new(Drain::default());
+        fill(&tx, 8);
+        let mut pacing = Pacing::default();
+        pacing.add(SlowReceiver::after_send(&tx, &drain).into_iter().collect());
+        assert!(pacing.paused());
+        let receiver = {
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    rx.recv().await.unwrap();
+                    drain.drained(&rx);
+                }
+                rx
+            })
+        };
+        let started = std::time::Instant::now();
+        pacing.resume().await;
+        assert!(!pacing.paused());
+        assert!(started.elapsed() >= Duration::from_millis(15));
+        assert_eq!(
+            tx.capacity(),
+            4,
+            "resumed once drained to half, not given up on"
+        );
+        assert!(SlowReceiver::after_send(&tx, &drain).is_none());
+        fill(&tx, 3);
+        assert!(
+            SlowReceiver::after_send(&tx, &drain).is_some(),
+            "not marked stalled"
+        );
+        drop(receiver.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_that_never_drains_is_given_up_on_after_the_limit() {
+        let (tx, _rx) = mpsc::channel(8);
+        let drain = Arc::new(Drain::default());
+        fill(&tx, 8);
+        let mut pacing = Pacing::default();
+        pacing.add(SlowReceiver::after_send(&tx, &drain).into_iter().collect());
+        let started = tokio::time::Instant::now();
+        pacing.resume().await;
+        assert_eq!(started.elapsed(), PACE_LIMIT);
+        // Stalled: later deliveries to it do not pause the publisher again.
+        assert!(SlowReceiver::after_send(&tx, &drain).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_receiver_is_paced_again_once_it_drains() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let drain = Arc::new(Drain::default());
+        fill(&tx, 8);
+        SlowReceiver::after_send(&tx, &drain).unwrap().give_up();
+        assert!(SlowReceiver::after_send(&tx, &drain).is_none());
+        for _ in 0..4 {
+            rx.recv().await.unwrap();
+        }
+        drain.drained(&rx);
+        fill(&tx, 4);
+        assert!(SlowReceiver::after_send(&tx, &drain).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_closed_receiver_does_not_hold_the_publisher() {
+        let (tx, rx) = mpsc::channel(8);
+        let drain = Arc::new(Drain::default());
+        fill(&tx, 8);
+        let mut pacing = Pacing::default();
+        pacing.add(SlowReceiver::after_send(&tx, &drain).into_iter().collect());
+        drop(rx);
+        tokio::time::timeout(Duration::from_millis(100), pacing.resume())
+            .await
+            .expect("resumes at once");
+    }
+}
