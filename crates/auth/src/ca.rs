@@ -20,7 +20,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use crate::{AuthError, IssuedCertificate, SignedCertificate, provider};
+use crate::{AuthError, IssuedCertificate, SignedCertificate, provider, server_provider};
 
 const ROOT_CERT: &str = "root-ca.pem";
 const ROOT_KEY: &str = "root-ca.key";
@@ -293,6 +293,7 @@ impl CertificateAuthority {
 
     /// A rustls server config: the server certificate, TLS 1.2 and 1.3, the aws-lc-rs provider,
     /// client certificates mandatory and checked by `verifier`, and the given ALPN protocols.
+    /// The server picks the cipher suite, AES-128-GCM first (see `server_provider`).
     ///
     /// Session resumption is off (no TLS 1.3 tickets, no TLS 1.2 session cache), as on AWS:
     /// a resumed session would skip the client-certificate check, so a revoked certificate
@@ -302,11 +303,12 @@ impl CertificateAuthority {
         verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
         alpn: Vec<Vec<u8>>,
     ) -> Result<Arc<rustls::ServerConfig>, AuthError> {
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())?;
         config.alpn_protocols = alpn;
+        config.ignore_client_order = true;
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Arc::new(config))

@@ -587,6 +587,31 @@ fn tls_handshake_rejections() {
 }
 
 #[test]
+fn the_server_chooses_aes_128_gcm_sha256_whatever_the_client_prefers() {
+    let f = fixture();
+    let device = f.ca.issue_and_register(&f.store, "suite", false).unwrap();
+    f.registry.refresh(&f.store).unwrap();
+    // rustls clients, like OpenSSL's, list AES-256-GCM-SHA384 first.
+    assert_eq!(
+        provider().cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+        let client = client_config_for(&f.ca, Some(&device), versions, "localhost");
+        let (_, server) = handshake(client, f.server()).unwrap();
+        let suite = server.negotiated_cipher_suite().unwrap().suite();
+        assert!(
+            matches!(
+                suite,
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                    | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            ),
+            "{suite:?}"
+        );
+    }
+}
+
+#[test]
 fn no_session_resumption() {
     let f = fixture();
     let config =

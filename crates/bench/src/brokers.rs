@@ -281,6 +281,7 @@ cafile {}
 certfile {}
 keyfile {}
 require_certificate true
+ciphers_tls1.3 TLS_AES_128_GCM_SHA256
 ",
         tcp.port(),
         tcp.ip(),
