@@ -596,7 +596,10 @@ fn the_server_chooses_aes_128_gcm_sha256_whatever_the_client_prefers() {
         provider().cipher_suites[0].suite(),
         rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
     );
-    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
         let client = client_config_for(&f.ca, Some(&device), versions, "localhost");
         let (_, server) = handshake(client, f.server()).unwrap();
         let suite = server.negotiated_cipher_suite().unwrap().suite();

@@ -100,138 +100,148 @@ enum Event {
 }
 
 /// Serves one connection from CONNECT to close.
-pub(crate) async fn serve<S>(
+///
+/// Not an `async fn`: one would keep its arguments twice in the future (as arguments and as
+/// locals), and the TLS stream alone is over a kilobyte per idle connection.
+pub(crate) fn serve<S>(
     shared: Arc<Shared>,
     mut stream: S,
     info: ConnectionInfo,
     internal: Option<Arc<dyn ConnectionPolicy>>,
-) where
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if shared.shutdown.is_cancelled() {
-        return;
-    }
-    crate::will::start_sweeper(&shared);
-    let _live = shared.live_guard();
-    let mut rbuf = BytesMut::with_capacity(4096);
-    // The CONNECT exchange and the close are boxed: their futures are large and short-lived,
-    // and inline they would be part of every idle connection's task.
-    let Some(acc) = Box::pin(handshake(&shared, &mut stream, &mut rbuf, &info, internal)).await
-    else {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-        return;
-    };
-    let crate::connect::Accepted {
-        mut conn,
-        mut rx,
-        mut ctrl_rx,
-    } = acc;
-    if rbuf.is_empty() {
-        rbuf = BytesMut::with_capacity(READ_BUF_IDLE);
-    }
-    let max_packet = shared.config.max_packet_size;
-    let ka = conn
-        .keep_alive
-        .filter(|k| *k > 0)
-        .map(|k| Duration::from_millis(u64::from(k) * 1500));
-    // Writes that take longer than this mean the client stopped reading.
-    let write_timeout = ka
-        .unwrap_or(Duration::from_secs(60))
-        .max(Duration::from_secs(10));
-    let mut deadline = ka.map(|d| Instant::now() + d);
-    let read_limit = match conn.version {
-        ProtocolVersion::V311 => usize::from(shared.config.receive_maximum.max(1)),
-        ProtocolVersion::V5 => usize::MAX,
-    };
+    async move {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        crate::will::start_sweeper(&shared);
+        let _live = shared.live_guard();
+        let mut rbuf = BytesMut::with_capacity(4096);
+        // The CONNECT exchange and the close are boxed: their futures are large and short-lived,
+        // and inline they would be part of every idle connection's task.
+        // Each box is made in a statement of its own: a temporary of the awaiting statement
+        // would keep its space in this future even after being moved into the box.
+        let connecting = Box::pin(handshake(&shared, &mut stream, &mut rbuf, &info, internal));
+        let Some(crate::connect::Accepted {
+            mut conn,
+            mut rx,
+            mut ctrl_rx,
+        }) = connecting.await
+        else {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            return;
+        };
+        if rbuf.is_empty() {
+            rbuf = BytesMut::with_capacity(READ_BUF_IDLE);
+        }
+        let max_packet = shared.config.max_packet_size;
+        let ka = conn
+            .keep_alive
+            .filter(|k| *k > 0)
+            .map(|k| Duration::from_millis(u64::from(k) * 1500));
+        // Writes that take longer than this mean the client stopped reading.
+        let write_timeout = ka
+            .unwrap_or(Duration::from_secs(60))
+            .max(Duration::from_secs(10));
+        let mut deadline = ka.map(|d| Instant::now() + d);
+        let read_limit = match conn.version {
+            ProtocolVersion::V311 => usize::from(shared.config.receive_maximum.max(1)),
+            ProtocolVersion::V5 => usize::MAX,
+        };
 
-    let end = loop {
-        if let Err(e) = conn.flush_acks() {
-            break e;
-        }
-        if !conn.wbuf.is_empty() {
-            let n = conn.wbuf.len();
-            let res = tokio::time::timeout(write_timeout, async {
-                stream.write_all(&conn.wbuf).await?;
-                stream.flush().await
-            })
-            .await;
-            conn.wbuf.clear();
-            match res {
-                Ok(Ok(())) => metrics::bytes_out(n),
-                _ => break End::Lost,
+        let end = loop {
+            if let Err(e) = conn.flush_acks() {
+                break e;
             }
-        }
-        let can_read = conn.acks.len() < read_limit && !conn.pacing.paused();
-        let paused = conn.pacing.paused();
-        let pacing = &mut conn.pacing;
-        let spare = rbuf.capacity() - rbuf.len();
-        let acks = &mut conn.acks;
-        let ack_wait = async {
-            match acks.front_mut().and_then(|a| a.wait.as_mut()) {
-                Some(rx) => rx.await.unwrap_or(false),
-                None => std::future::pending().await,
-            }
-        };
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        // Unbiased: a client that keeps sending must not starve its own deliveries.
-        let ev = tokio::select! {
-            c = ctrl_rx.recv() => Event::Ctrl(c),
-            // 3.1.1 has no Receive Maximum: stop reading while too many acknowledgements
-            // wait for the store (AWS: no new publishes until PUBACKs are sent).
-            r = stream.read_buf(&mut rbuf), if can_read => Event::Read(r),
-            ok = ack_wait => Event::AckReady(ok),
-            () = pacing.resume(), if paused => Event::Resumed,
-            f = rx.recv() => Event::Frame(f),
-            _ = sleep => Event::KeepAlive,
-        };
-        match ev {
-            Event::Ctrl(Some(Control::Close(ReasonCode::SessionTakenOver))) | Event::Ctrl(None) => {
-                break End::TakenOver;
-            }
-            Event::Ctrl(Some(Control::Close(rc))) => break End::Server(rc),
-            Event::Read(Ok(0)) | Event::Read(Err(_)) => break End::Lost,
-            Event::Read(Ok(n)) => {
-                metrics::bytes_in(n);
-                deadline = ka.map(|d| Instant::now() + d);
-                if let Err(e) = conn.handle_buffered(&mut rbuf, max_packet) {
-                    break e;
-                }
-                fit_read_buffer(&mut rbuf, n, spare);
-            }
-            Event::AckReady(ok) => {
-                if let Some(front) = conn.acks.front_mut() {
-                    front.wait = None;
-                    front.ok = ok;
+            if !conn.wbuf.is_empty() {
+                let n = conn.wbuf.len();
+                let res = tokio::time::timeout(write_timeout, async {
+                    stream.write_all(&conn.wbuf).await?;
+                    stream.flush().await
+                })
+                .await;
+                conn.wbuf.clear();
+                match res {
+                    Ok(Ok(())) => metrics::bytes_out(n),
+                    _ => break End::Lost,
                 }
             }
-            Event::Frame(None) => break End::TakenOver,
-            Event::Frame(Some(f)) => {
-                conn.wbuf.extend_from_slice(&f);
-                while conn.wbuf.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(f) => conn.wbuf.extend_from_slice(&f),
-                        Err(_) => break,
+            let can_read = conn.acks.len() < read_limit && !conn.pacing.paused();
+            let paused = conn.pacing.paused();
+            let pacing = &mut conn.pacing;
+            let spare = rbuf.capacity() - rbuf.len();
+            let acks = &mut conn.acks;
+            let ack_wait = async {
+                match acks.front_mut().and_then(|a| a.wait.as_mut()) {
+                    Some(rx) => rx.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            };
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Unbiased: a client that keeps sending must not starve its own deliveries.
+            let ev = tokio::select! {
+                c = ctrl_rx.recv() => Event::Ctrl(c),
+                // 3.1.1 has no Receive Maximum: stop reading while too many acknowledgements
+                // wait for the store (AWS: no new publishes until PUBACKs are sent).
+                r = stream.read_buf(&mut rbuf), if can_read => Event::Read(r),
+                ok = ack_wait => Event::AckReady(ok),
+                () = pacing.resume(), if paused => Event::Resumed,
+                f = rx.recv() => Event::Frame(f),
+                _ = sleep => Event::KeepAlive,
+            };
+            match ev {
+                Event::Ctrl(Some(Control::Close(ReasonCode::SessionTakenOver)))
+                | Event::Ctrl(None) => {
+                    break End::TakenOver;
+                }
+                Event::Ctrl(Some(Control::Close(rc))) => break End::Server(rc),
+                Event::Read(Ok(0)) | Event::Read(Err(_)) => break End::Lost,
+                Event::Read(Ok(n)) => {
+                    metrics::bytes_in(n);
+                    deadline = ka.map(|d| Instant::now() + d);
+                    if let Err(e) = conn.handle_buffered(&mut rbuf, max_packet) {
+                        break e;
+                    }
+                    fit_read_buffer(&mut rbuf, n, spare);
+                }
+                Event::AckReady(ok) => {
+                    if let Some(front) = conn.acks.front_mut() {
+                        front.wait = None;
+                        front.ok = ok;
                     }
                 }
-                conn.drain.drained(&rx);
-                conn.pump();
-            }
-            Event::Resumed => {
-                if let Err(e) = conn.handle_buffered(&mut rbuf, max_packet) {
-                    break e;
+                Event::Frame(None) => break End::TakenOver,
+                Event::Frame(Some(f)) => {
+                    conn.wbuf.extend_from_slice(&f);
+                    while conn.wbuf.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(f) => conn.wbuf.extend_from_slice(&f),
+                            Err(_) => break,
+                        }
+                    }
+                    conn.drain.drained(&rx);
+                    conn.pump();
+                }
+                Event::Resumed => {
+                    if let Err(e) = conn.handle_buffered(&mut rbuf, max_packet) {
+                        break e;
+                    }
+                }
+                Event::KeepAlive => {
+                    break End::Violation(ReasonCode::KeepAliveTimeout, "keep alive timeout");
                 }
             }
-            Event::KeepAlive => {
-                break End::Violation(ReasonCode::KeepAliveTimeout, "keep alive timeout");
-            }
-        }
-    };
-    Box::pin(conn.finish(&mut stream, end)).await;
+        };
+        let finishing = Box::pin(conn.finish(&mut stream, end));
+        finishing.await;
+    }
 }
 
 /// Read buffer of a connection that reads little: what it keeps while waiting.

@@ -39,10 +39,9 @@ pub async fn serve_https(
         let broker = broker.clone();
         let app = app.clone();
         async move {
-            // Boxed: the handshake's state is large and only needed until it completes; inline
-            // it would stay in every connection's task for the connection's whole life.
-            let Some(tls) = Box::pin(handshake(&acceptor, stream, peer, timeout, "https")).await
-            else {
+            // Boxed in a statement of its own, as in `serve_mqtts`.
+            let handshaking = Box::pin(handshake(&acceptor, stream, peer, timeout, "https"));
+            let Some(tls) = handshaking.await else {
                 return;
             };
             let principal = principal_of(&tls);
@@ -65,7 +64,8 @@ pub async fn serve_https(
                     listener: "mqtts-alpn",
                 };
                 // Boxed, so the task keeps only what the connection needs from now on.
-                Box::pin(broker.serve_connection(tls, info)).await;
+                let serving = Box::pin(broker.serve_connection(tls, info));
+                serving.await;
                 return;
             }
             let info = ConnectionInfo {

@@ -1,6 +1,8 @@
 //! MQTT listeners: over TLS with client certificates, and plain TCP for development.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use thingd_broker::{Broker, ConnectionInfo};
@@ -25,23 +27,32 @@ pub async fn serve_mqtts(
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         async move {
-            // Boxed: the handshake's state is large and only needed until it completes; inline
-            // it would stay in every connection's task for the connection's whole life.
-            let Some(tls) = Box::pin(handshake(&acceptor, stream, peer, timeout, "mqtts")).await
-            else {
+            // The handshake and the connection each run boxed, and each box is made in a
+            // statement of its own: a temporary of the statement that awaits (even one moved
+            // into a box) keeps its space in the task for the connection's whole life.
+            let handshaking = Box::pin(handshake(&acceptor, stream, peer, timeout, "mqtts"));
+            let Some(tls) = handshaking.await else {
                 return;
             };
-            let principal = principal_of(&tls);
-            let info = ConnectionInfo {
-                remote_addr: peer,
-                principal,
-                listener: "mqtts",
-            };
-            // Boxed, so the task keeps only what the connection needs from now on.
-            Box::pin(broker.serve_connection(tls, info)).await;
+            let serving = serve_boxed(&broker, tls, peer);
+            serving.await;
         }
     })
     .await;
+}
+
+/// The boxed serving future of an MQTT connection over TLS.
+fn serve_boxed(
+    broker: &Broker,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let info = ConnectionInfo {
+        remote_addr: peer,
+        principal: principal_of(&tls),
+        listener: "mqtts",
+    };
+    Box::pin(broker.serve_connection(tls, info))
 }
 
 /// Serves MQTT over plain TCP. For development only: connections have no principal.
