@@ -310,24 +310,25 @@ struct DecisionCache {
 /// sits behind a mutex that only this connection's tasks touch.
 #[derive(Debug)]
 pub struct ConnectionAuthorizer {
-    policies: CompiledPolicies,
+    /// Shared between connections when the policies do not depend on the connection.
+    policies: Arc<CompiledPolicies>,
     capacity: usize,
     cache: Mutex<DecisionCache>,
 }
 
 impl ConnectionAuthorizer {
     /// An authorizer with a cache of [`DEFAULT_CACHE_CAPACITY`] entries.
-    pub fn new(policies: CompiledPolicies) -> ConnectionAuthorizer {
+    pub fn new(policies: impl Into<Arc<CompiledPolicies>>) -> ConnectionAuthorizer {
         ConnectionAuthorizer::with_cache_capacity(policies, DEFAULT_CACHE_CAPACITY)
     }
 
     /// An authorizer whose cache holds at most `capacity` decisions (0 disables it).
     pub fn with_cache_capacity(
-        policies: CompiledPolicies,
+        policies: impl Into<Arc<CompiledPolicies>>,
         capacity: usize,
     ) -> ConnectionAuthorizer {
         ConnectionAuthorizer {
-            policies,
+            policies: policies.into(),
             capacity,
             cache: Mutex::new(DecisionCache::default()),
         }

@@ -124,6 +124,18 @@ impl PolicySet {
         self.policies.is_empty()
     }
 
+    /// Whether compiling the set needs the connection's facts: some statement has a condition
+    /// or a policy variable in a resource. When it does not, [`PolicySet::compile`] gives the
+    /// same result for every connection, which can then share one compiled set.
+    pub fn depends_on_connection(&self) -> bool {
+        self.policies
+            .iter()
+            .flat_map(|p| p.document.statements())
+            .any(|st| {
+                st.has_conditions() || st.resources().patterns.iter().any(|p| p.has_variables())
+            })
+    }
+
     /// Decides one request by evaluating every statement directly (variables substituted and
     /// patterns matched on each call). Fine for the control plane; the broker should use
     /// [`PolicySet::compile`].

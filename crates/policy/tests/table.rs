@@ -1051,6 +1051,38 @@ fn expected(want: Want) -> Decision {
 }
 
 #[test]
+fn which_sets_depend_on_the_connection() {
+    let parse = |v: Value| PolicyDocument::parse(&v.to_string()).expect("policy parses");
+    let set = |v: Value| PolicySet::new().with("p", parse(v));
+    let plain = set(doc(
+        json!([{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]),
+    ));
+    assert!(!plain.depends_on_connection());
+    let variable = set(doc(json!([{
+        "Effect": "Allow",
+        "Action": "iot:Connect",
+        "Resource": "arn:aws:iot:us-east-1:123456789012:client/${iot:Connection.Thing.ThingName}"
+    }])));
+    assert!(variable.depends_on_connection());
+    let condition = set(doc(json!([{
+        "Effect": "Allow",
+        "Action": "iot:Connect",
+        "Resource": "*",
+        "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+    }])));
+    assert!(condition.depends_on_connection());
+    let mixed = plain.with(
+        "q",
+        parse(doc(json!([{
+            "Effect": "Deny",
+            "Action": "iot:Publish",
+            "Resource": "arn:aws:iot:us-east-1:123456789012:topic/${iot:ClientId}/secret"
+        }]))),
+    );
+    assert!(mixed.depends_on_connection());
+}
+
+#[test]
 fn decision_table() {
     let arns = arns();
     let mut failures = Vec::new();
@@ -1076,7 +1108,18 @@ fn decision_table() {
         let suffix = arns.suffix(&arn).unwrap_or_default();
         let by_suffix = compiled.decide(&c.action, suffix);
         let by_name = compiled.decide_resource(&c.action, c.kind, &c.resource);
+        // A set that does not depend on the connection decides the same for anyone.
+        let without_facts = if set.depends_on_connection() {
+            want.clone()
+        } else {
+            set.compile(&arns, &Variables::default()).decide_resource(
+                &c.action,
+                c.kind,
+                &c.resource,
+            )
+        };
         for (how, got) in [
+            ("compiled without the connection's facts", &without_facts),
             ("authorize", &direct),
             ("explain", &explained),
             ("compiled decide", &by_suffix),

@@ -13,8 +13,8 @@
 //! are allowed everything.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 use thingd_auth::CertificateRegistry;
@@ -22,8 +22,8 @@ use thingd_broker::{AllowAll, Authorizer, ConnectRequest, ConnectionInfo, Connec
 use thingd_model::{CertificateId, CertificateStatus};
 use thingd_mqtt::ReasonCode;
 use thingd_policy::{
-    Arns, ConnectAttributes, ConnectionAuthorizer, PolicyDocument, PolicySet, ThingContext,
-    Variables,
+    Arns, CompiledPolicies, ConnectAttributes, ConnectionAuthorizer, PolicyDocument, PolicySet,
+    ThingContext, Variables,
 };
 use thingd_store::registry::security::{attachments, principals};
 use thingd_store::{Store, StoreError};
@@ -51,7 +51,15 @@ struct Inner {
     /// id that names no attached thing shares one entry: the cache is bounded by the
     /// registry, not by the client ids that connect, and a new client id costs no reads.
     facts: RegistryCache<FactsKey, Arc<Facts>>,
+    /// Compiled policy sets that do not depend on the connection, by their policies' names
+    /// and texts, so that connections under the same set (a fleet-wide policy, the
+    /// development policy) share one instead of a copy each. Never stale: the same texts
+    /// always compile the same way.
+    shared_sets: Mutex<HashMap<String, Weak<CompiledPolicies>>>,
 }
+
+/// Entries of `Inner::shared_sets` above which the ones no connection uses are dropped.
+const SHARED_SETS: usize = 1024;
 
 /// What was read from the registry, kept until the registry changes. Bounded: it starts over
 /// when it holds [`MAX_CACHED_FACTS`] entries.
@@ -105,6 +113,8 @@ struct Facts {
     policies: PolicySet,
     thing: Option<ThingContext>,
     certificate: Option<thingd_policy::CertificateContext>,
+    /// The compiled policies, when they do not depend on the connection.
+    shared: Option<Arc<CompiledPolicies>>,
 }
 
 impl PolicyAuthorizer {
@@ -118,6 +128,7 @@ impl PolicyAuthorizer {
                 generation: AtomicU64::new(0),
                 attached: RegistryCache::new(),
                 facts: RegistryCache::new(),
+                shared_sets: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -202,6 +213,7 @@ impl Inner {
             )?;
             Ok((documents, thing))
         })?;
+        let key = shared_set_key(&documents);
         let mut policies = PolicySet::new();
         for (name, text) in documents {
             match PolicyDocument::parse(&text) {
@@ -214,12 +226,38 @@ impl Inner {
         let certificate = CertificateId::parse(certificate_id)
             .and_then(|id| self.store.certificate(&id).ok().flatten())
             .and_then(|record| thingd_auth::certificate_context(&record.pem));
+        let shared = (!policies.depends_on_connection()).then(|| self.shared_set(key, &policies));
         Ok(Arc::new(Facts {
             policies,
             thing,
             certificate,
+            shared,
         }))
     }
+
+    /// The one compiled instance of a policy set that does not depend on the connection.
+    fn shared_set(&self, key: String, policies: &PolicySet) -> Arc<CompiledPolicies> {
+        let mut sets = self.shared_sets.lock();
+        if let Some(compiled) = sets.get(&key).and_then(Weak::upgrade) {
+            return compiled;
+        }
+        let compiled = Arc::new(policies.compile(&self.arns, &Variables::default()));
+        if sets.len() >= SHARED_SETS {
+            sets.retain(|_, set| set.strong_count() > 0);
+        }
+        sets.insert(key, Arc::downgrade(&compiled));
+        compiled
+    }
+}
+
+/// Identifies a policy set by its policies' names and texts, in order (lengths first, so
+/// that no two different sets give the same key).
+fn shared_set_key(documents: &[(String, String)]) -> String {
+    let mut key = String::new();
+    for (name, text) in documents {
+        key.push_str(&format!("{}:{}:{name}{text}", name.len(), text.len()));
+    }
+    key
 }
 
 /// What a connection was compiled from, to recompile it after a registry change.
@@ -233,6 +271,9 @@ struct Identity {
 impl Identity {
     fn compile(&self, inner: &Inner) -> Result<ConnectionAuthorizer, StoreError> {
         let facts = inner.facts(&self.certificate_id, &self.client_id)?;
+        if let Some(shared) = &facts.shared {
+            return Ok(ConnectionAuthorizer::new(shared.clone()));
+        }
         let variables = Variables {
             client_id: Some(self.client_id.clone()),
             thing: facts.thing.clone(),
