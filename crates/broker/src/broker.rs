@@ -324,9 +324,8 @@ impl Shared {
         if let Some(cell) = map.get(client_id).cloned() {
             let mut s = cell.lock();
             if let Some(old) = s.conn.take() {
-                let _ = old
-                    .ctrl
-                    .send(Control::Close(thingd_mqtt::ReasonCode::SessionTakenOver));
+                old.tx
+                    .control(Control::Close(thingd_mqtt::ReasonCode::SessionTakenOver));
                 tracing::info!(client_id = %client_id, "session taken over by a new connection");
             }
             let old_will = s.will.take();

@@ -3,18 +3,17 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use thingd_mqtt::{
     ByteStr, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use crate::alias::{InAliases, OutAliases};
 use crate::broker::Shared;
 use crate::connection::Conn;
 use crate::message::{AppMsg, forwardable};
-use crate::session::{Control, Link, Will};
+use crate::session::{Link, Will};
 use crate::{ConnectionInfo, ConnectionPolicy, metrics, reserved};
 
 /// Why reading a packet stopped.
@@ -61,8 +60,7 @@ pub(crate) async fn send_packet<S: AsyncWrite + Unpin>(
 /// The channels and state of an accepted connection.
 pub(crate) struct Accepted {
     pub(crate) conn: Conn,
-    pub(crate) rx: mpsc::Receiver<Bytes>,
-    pub(crate) ctrl_rx: mpsc::UnboundedReceiver<Control>,
+    pub(crate) rx: crate::outbound::OutboundRx,
 }
 
 struct Refusal {
@@ -302,16 +300,12 @@ async fn accept(
 
     // Connection state and session.
     let conn_id = shared.next_conn_id();
-    let (tx, rx) = mpsc::channel(cfg.outbound_queue.max(1));
-    let drain = Arc::new(crate::pace::Drain::default());
-    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = crate::outbound::outbound(cfg.outbound_queue);
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
     let link = Link {
         conn_id,
         version: c.protocol,
         tx,
-        drain: drain.clone(),
-        ctrl: ctrl_tx,
         policy: policy.clone(),
         principal: info.principal.clone(),
         max_packet: c
@@ -416,8 +410,7 @@ async fn accept(
         acks: Default::default(),
         wbuf,
         rate_window: (0, 0),
-        drain,
         pacing: Default::default(),
     };
-    Ok(Accepted { conn, rx, ctrl_rx })
+    Ok(Accepted { conn, rx })
 }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use thingd_mqtt::{
     ByteStr, Disconnect, Packet, Properties, ProtocolVersion, PubResp, PubRespKind, Publish, QoS,
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
@@ -19,7 +19,8 @@ use crate::alias::{AliasError, InAliases};
 use crate::broker::{Shared, SubKey, SubVal, session_record, split_filter};
 use crate::connect::{handshake, packet_name};
 use crate::message::{AppMsg, Delivery, encode_frame, expiry_from, forwardable};
-use crate::pace::{Drain, Pacing};
+use crate::outbound::Received;
+use crate::pace::Pacing;
 use crate::session::{Control, SessionCell, SubRecord, pubrel};
 use crate::{ConnectionInfo, ConnectionPolicy, metrics, reserved};
 
@@ -84,16 +85,13 @@ pub(crate) struct Conn {
     pub(crate) wbuf: BytesMut,
     /// Inbound publish rate: the start of the current one-second window (ms) and the count in it.
     pub(crate) rate_window: (u64, u32),
-    /// Wakes publishers paused on this connection's outbound queue.
-    pub(crate) drain: Arc<Drain>,
     /// Receivers this connection's publishes filled up: it reads no more until they drain.
     pub(crate) pacing: Pacing,
 }
 
 enum Event {
     Read(std::io::Result<usize>),
-    Frame(Option<Bytes>),
-    Ctrl(Option<Control>),
+    Queue(Received),
     AckReady(bool),
     Resumed,
     KeepAlive,
@@ -103,6 +101,10 @@ enum Event {
 ///
 /// Not an `async fn`: one would keep its arguments twice in the future (as arguments and as
 /// locals), and the TLS stream alone is over a kilobyte per idle connection.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
 pub(crate) fn serve<S>(
     shared: Arc<Shared>,
     mut stream: S,
@@ -124,12 +126,7 @@ where
         // Each box is made in a statement of its own: a temporary of the awaiting statement
         // would keep its space in this future even after being moved into the box.
         let connecting = Box::pin(handshake(&shared, &mut stream, &mut rbuf, &info, internal));
-        let Some(crate::connect::Accepted {
-            mut conn,
-            mut rx,
-            mut ctrl_rx,
-        }) = connecting.await
-        else {
+        let Some(crate::connect::Accepted { mut conn, mut rx }) = connecting.await else {
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
             return;
         };
@@ -187,21 +184,20 @@ where
             };
             // Unbiased: a client that keeps sending must not starve its own deliveries.
             let ev = tokio::select! {
-                c = ctrl_rx.recv() => Event::Ctrl(c),
                 // 3.1.1 has no Receive Maximum: stop reading while too many acknowledgements
                 // wait for the store (AWS: no new publishes until PUBACKs are sent).
                 r = stream.read_buf(&mut rbuf), if can_read => Event::Read(r),
                 ok = ack_wait => Event::AckReady(ok),
                 () = pacing.resume(), if paused => Event::Resumed,
-                f = rx.recv() => Event::Frame(f),
+                q = rx.recv() => Event::Queue(q),
                 _ = sleep => Event::KeepAlive,
             };
             match ev {
-                Event::Ctrl(Some(Control::Close(ReasonCode::SessionTakenOver)))
-                | Event::Ctrl(None) => {
+                Event::Queue(Received::Control(Control::Close(ReasonCode::SessionTakenOver)))
+                | Event::Queue(Received::Closed) => {
                     break End::TakenOver;
                 }
-                Event::Ctrl(Some(Control::Close(rc))) => break End::Server(rc),
+                Event::Queue(Received::Control(Control::Close(rc))) => break End::Server(rc),
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => break End::Lost,
                 Event::Read(Ok(n)) => {
                     metrics::bytes_in(n);
@@ -217,16 +213,15 @@ where
                         front.ok = ok;
                     }
                 }
-                Event::Frame(None) => break End::TakenOver,
-                Event::Frame(Some(f)) => {
+                Event::Queue(Received::Frame(f)) => {
                     conn.wbuf.extend_from_slice(&f);
                     while conn.wbuf.len() < WRITE_BATCH {
                         match rx.try_recv() {
-                            Ok(f) => conn.wbuf.extend_from_slice(&f),
-                            Err(_) => break,
+                            Some(f) => conn.wbuf.extend_from_slice(&f),
+                            None => break,
                         }
                     }
-                    conn.drain.drained(&rx);
+                    rx.drained();
                     conn.pump();
                 }
                 Event::Resumed => {

@@ -56,6 +56,7 @@ mod events;
 mod internal;
 mod message;
 mod metrics;
+mod outbound;
 mod pace;
 mod persist;
 mod reserved;
@@ -267,7 +268,7 @@ impl Broker {
             let s = cell.lock();
             if let Some(link) = &s.conn
                 && pick(link.principal.as_deref())
-                && link.ctrl.send(session::Control::Close(reason)).is_ok()
+                && link.tx.control(session::Control::Close(reason))
             {
                 n += 1;
             }

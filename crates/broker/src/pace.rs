@@ -12,20 +12,20 @@
 //! in its session), so one stuck client cannot hold up everyone who publishes to it. It is
 //! paced again once it has drained to half.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
+
+use crate::outbound::Outbound;
 
 /// Longest a publisher waits for its slow receivers before giving up on them. A receiver that
 /// cannot take a quarter of its queue (1,024 frames by default) in this time is slower than
 /// about 10,000 messages per second: it is left behind rather than allowed to set the pace.
 pub(crate) const PACE_LIMIT: Duration = Duration::from_millis(100);
 
-/// The receiver side's half of pacing: publishers waiting for this connection's queue to
-/// drain, and whether it is stalled. Shared by the connection and its session's `Link`.
+/// The receiver side's half of pacing: publishers waiting for one connection's queue to
+/// drain, and whether it is stalled. Part of the connection's `Outbound` queue.
 #[derive(Default)]
 pub(crate) struct Drain {
     notify: Notify,
@@ -36,9 +36,14 @@ pub(crate) struct Drain {
 }
 
 impl Drain {
-    /// Called by the receiving connection after it took frames off its queue.
-    pub(crate) fn drained(&self, rx: &mpsc::Receiver<Bytes>) {
-        if self.watched.load(Ordering::SeqCst) && below_half(rx.len(), rx.max_capacity()) {
+    pub(crate) fn is_watched(&self) -> bool {
+        self.watched.load(Ordering::SeqCst)
+    }
+
+    /// Called by the receiving connection after it took frames off its queue, which now
+    /// holds `len` of at most `capacity` frames.
+    pub(crate) fn drained(&self, len: usize, capacity: usize) {
+        if self.is_watched() && below_half(len, capacity) {
             self.stalled.store(false, Ordering::SeqCst);
             self.watched.store(false, Ordering::SeqCst);
             self.notify.notify_waiters();
@@ -52,40 +57,33 @@ fn below_half(len: usize, max: usize) -> bool {
 
 /// A receiver whose queue a publisher has filled past three-quarters.
 pub(crate) struct SlowReceiver {
-    tx: mpsc::Sender<Bytes>,
-    drain: Arc<Drain>,
+    tx: Outbound,
 }
 
 impl SlowReceiver {
     /// The receiver to wait for after a delivery to `tx`, if its queue is now more than
     /// three-quarters full and it is not stalled.
-    pub(crate) fn after_send(tx: &mpsc::Sender<Bytes>, drain: &Arc<Drain>) -> Option<SlowReceiver> {
-        let max = tx.max_capacity();
-        let used = max - tx.capacity();
-        if used * 4 <= max * 3 || drain.stalled.load(Ordering::Relaxed) {
+    pub(crate) fn after_send(tx: &Outbound) -> Option<SlowReceiver> {
+        let max = tx.capacity();
+        let used = max - tx.free();
+        if used * 4 <= max * 3 || tx.drain().stalled.load(Ordering::Relaxed) {
             return None;
         }
-        Some(SlowReceiver {
-            tx: tx.clone(),
-            drain: drain.clone(),
-        })
+        Some(SlowReceiver { tx: tx.clone() })
     }
 
     fn ready(&self) -> bool {
-        self.tx.is_closed()
-            || below_half(
-                self.tx.max_capacity() - self.tx.capacity(),
-                self.tx.max_capacity(),
-            )
+        self.tx.is_closed() || below_half(self.tx.capacity() - self.tx.free(), self.tx.capacity())
     }
 
     /// Waits until the queue has drained to half (or the receiver is gone).
     async fn wait(&self) {
+        let drain = self.tx.drain();
         loop {
-            let notified = self.drain.notify.notified();
+            let notified = drain.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            self.drain.watched.store(true, Ordering::SeqCst);
+            drain.watched.store(true, Ordering::SeqCst);
             if self.ready() {
                 return;
             }
@@ -95,8 +93,9 @@ impl SlowReceiver {
 
     /// Marks the receiver stalled: publishers stop waiting for it until it drains.
     fn give_up(&self) {
-        self.drain.stalled.store(true, Ordering::SeqCst);
-        self.drain.watched.store(true, Ordering::SeqCst);
+        let drain = self.tx.drain();
+        drain.stalled.store(true, Ordering::SeqCst);
+        drain.watched.store(true, Ordering::SeqCst);
     }
 }
 
@@ -111,7 +110,7 @@ impl Pacing {
     /// Adds receivers found slow while routing this connection's messages.
     pub(crate) fn add(&mut self, slow: Vec<SlowReceiver>) {
         for s in slow {
-            if !self.slow.iter().any(|w| Arc::ptr_eq(&w.drain, &s.drain)) {
+            if !self.slow.iter().any(|w| w.tx.same_queue(&s.tx)) {
                 self.slow.push(s);
             }
         }
@@ -150,55 +149,58 @@ impl Pacing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::{OutboundRx, outbound};
+    use bytes::Bytes;
 
-    fn fill(tx: &mpsc::Sender<Bytes>, n: usize) {
+    fn fill(tx: &Outbound, n: usize) {
         for _ in 0..n {
             tx.try_send(Bytes::from_static(b"x")).unwrap();
         }
     }
 
+    fn take(rx: &mut OutboundRx, n: usize) {
+        for _ in 0..n {
+            rx.try_recv().unwrap();
+        }
+        rx.drained();
+    }
+
     #[test]
     fn a_queue_three_quarters_full_is_slow() {
-        let (tx, _rx) = mpsc::channel(8);
-        let drain = Arc::new(Drain::default());
+        let (tx, _rx) = outbound(8);
         fill(&tx, 6);
-        assert!(SlowReceiver::after_send(&tx, &drain).is_none());
+        assert!(SlowReceiver::after_send(&tx).is_none());
         fill(&tx, 1);
-        assert!(SlowReceiver::after_send(&tx, &drain).is_some());
+        assert!(SlowReceiver::after_send(&tx).is_some());
     }
 
     #[tokio::test]
     async fn the_publisher_resumes_when_the_receiver_drains_to_half() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let drain = Arc::new(Drain::default());
+        let (tx, mut rx) = outbound(8);
         fill(&tx, 8);
         let mut pacing = Pacing::default();
-        pacing.add(SlowReceiver::after_send(&tx, &drain).into_iter().collect());
+        pacing.add(SlowReceiver::after_send(&tx).into_iter().collect());
         assert!(pacing.paused());
-        let receiver = {
-            let drain = drain.clone();
-            tokio::spawn(async move {
-                for _ in 0..4 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    rx.recv().await.unwrap();
-                    drain.drained(&rx);
-                }
-                rx
-            })
-        };
+        let receiver = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                take(&mut rx, 1);
+            }
+            rx
+        });
         let started = std::time::Instant::now();
         pacing.resume().await;
         assert!(!pacing.paused());
         assert!(started.elapsed() >= Duration::from_millis(15));
         assert_eq!(
-            tx.capacity(),
+            tx.free(),
             4,
             "resumed once drained to half, not given up on"
         );
-        assert!(SlowReceiver::after_send(&tx, &drain).is_none());
+        assert!(SlowReceiver::after_send(&tx).is_none());
         fill(&tx, 3);
         assert!(
-            SlowReceiver::after_send(&tx, &drain).is_some(),
+            SlowReceiver::after_send(&tx).is_some(),
             "not marked stalled"
         );
         drop(receiver.await.unwrap());
@@ -206,40 +208,34 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_receiver_that_never_drains_is_given_up_on_after_the_limit() {
-        let (tx, _rx) = mpsc::channel(8);
-        let drain = Arc::new(Drain::default());
+        let (tx, _rx) = outbound(8);
         fill(&tx, 8);
         let mut pacing = Pacing::default();
-        pacing.add(SlowReceiver::after_send(&tx, &drain).into_iter().collect());
+        pacing.add(SlowReceiver::after_send(&tx).into_iter().collect());
         let started = tokio::time::Instant::now();
         pacing.resume().await;
         assert_eq!(started.elapsed(), PACE_LIMIT);
         // Stalled: later deliveries to it do not pause the publisher again.
-        assert!(SlowReceiver::after_send(&tx, &drain).is_none());
+        assert!(SlowReceiver::after_send(&tx).is_none());
     }
 
-    #[tokio::test]
-    async fn a_stalled_receiver_is_paced_again_once_it_drains() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let drain = Arc::new(Drain::default());
+    #[test]
+    fn a_stalled_receiver_is_paced_again_once_it_drains() {
+        let (tx, mut rx) = outbound(8);
         fill(&tx, 8);
-        SlowReceiver::after_send(&tx, &drain).unwrap().give_up();
-        assert!(SlowReceiver::after_send(&tx, &drain).is_none());
-        for _ in 0..4 {
-            rx.recv().await.unwrap();
-        }
-        drain.drained(&rx);
+        SlowReceiver::after_send(&tx).unwrap().give_up();
+        assert!(SlowReceiver::after_send(&tx).is_none());
+        take(&mut rx, 4);
         fill(&tx, 4);
-        assert!(SlowReceiver::after_send(&tx, &drain).is_some());
+        assert!(SlowReceiver::after_send(&tx).is_some());
     }
 
     #[tokio::test]
     async fn a_closed_receiver_does_not_hold_the_publisher() {
-        let (tx, rx) = mpsc::channel(8);
-        let drain = Arc::new(Drain::default());
+        let (tx, rx) = outbound(8);
         fill(&tx, 8);
         let mut pacing = Pacing::default();
-        pacing.add(SlowReceiver::after_send(&tx, &drain).into_iter().collect());
+        pacing.add(SlowReceiver::after_send(&tx).into_iter().collect());
         drop(rx);
         tokio::time::timeout(Duration::from_millis(100), pacing.resume())
             .await

@@ -15,13 +15,13 @@ use thingd_mqtt::{
     SubscriptionOptions,
 };
 use thingd_store::WriteOp;
-use tokio::sync::mpsc;
 
 use crate::ConnectionPolicy;
 use crate::alias::{AliasUse, OutAliases};
 use crate::message::{AppMsg, Delivery, encode_frame, publish_packet};
 use crate::metrics::{self, DropReason};
-use crate::pace::{Drain, SlowReceiver};
+use crate::outbound::Outbound;
+use crate::pace::SlowReceiver;
 use crate::persist;
 
 /// A session behind its lock.
@@ -37,7 +37,7 @@ pub(crate) struct SubRecord {
 }
 
 /// Orders sent to a connection task from elsewhere.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Control {
     /// Close the connection; v5 clients get DISCONNECT with this reason first. When the
     /// reason is Session taken over, the new connection has already dealt with the session.
@@ -48,11 +48,8 @@ pub(crate) enum Control {
 pub(crate) struct Link {
     pub(crate) conn_id: u64,
     pub(crate) version: ProtocolVersion,
-    /// Encoded frames for the writer; bounded (`outbound_queue`).
-    pub(crate) tx: mpsc::Sender<Bytes>,
-    /// Signals publishers paused on `tx` (see `pace`).
-    pub(crate) drain: Arc<Drain>,
-    pub(crate) ctrl: mpsc::UnboundedSender<Control>,
+    /// Encoded frames and orders for the connection; bounded (`outbound_queue`).
+    pub(crate) tx: Outbound,
     pub(crate) policy: Arc<dyn ConnectionPolicy>,
     pub(crate) principal: Option<String>,
     /// The client's Maximum Packet Size.
@@ -212,7 +209,7 @@ impl Session {
 
     fn can_send_now(&self) -> bool {
         match &self.conn {
-            Some(l) => self.inflight.len() < l.inflight_limit && l.tx.capacity() > 0,
+            Some(l) => self.inflight.len() < l.inflight_limit && l.tx.free() > 0,
             None => false,
         }
     }
@@ -279,8 +276,7 @@ impl Session {
                 tracing::debug!(client_id = %self.client_id, "outbound queue full, dropping QoS 0 message");
             }
         }
-        fx.slow
-            .extend(SlowReceiver::after_send(&link.tx, &link.drain));
+        fx.slow.extend(SlowReceiver::after_send(&link.tx));
     }
 
     /// Sends a QoS 1/2 delivery on the live link (the caller checked `can_send_now`).
@@ -303,8 +299,7 @@ impl Session {
             metrics::queued(1);
             return;
         }
-        fx.slow
-            .extend(SlowReceiver::after_send(&link.tx, &link.drain));
+        fx.slow.extend(SlowReceiver::after_send(&link.tx));
         metrics::message_out(d.qos);
         self.inflight.push_back(Inflight {
             pid,
@@ -523,15 +518,12 @@ mod tests {
         assert_eq!(fx.durable.len(), 1);
     }
 
-    fn online(s: &mut Session, capacity: usize) -> mpsc::Receiver<Bytes> {
-        let (tx, rx) = mpsc::channel(capacity);
-        let (ctrl, _) = mpsc::unbounded_channel();
+    fn online(s: &mut Session, capacity: usize) -> crate::outbound::OutboundRx {
+        let (tx, rx) = crate::outbound::outbound(capacity);
         s.conn = Some(Link {
             conn_id: 1,
             version: ProtocolVersion::V5,
             tx,
-            drain: Default::default(),
-            ctrl,
             policy: Arc::new(crate::AllowAll),
             principal: None,
             max_packet: usize::MAX,
@@ -551,8 +543,8 @@ mod tests {
         s.offer(delivery("c", QoS::AtLeastOnce), &mut fx); // queued
         assert_eq!(s.queue.len(), 1);
         assert!(s.inflight.is_empty());
-        assert!(rx.try_recv().is_ok());
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_some());
+        assert!(rx.try_recv().is_none());
         s.pump(&mut fx);
         assert_eq!(s.inflight.len(), 1);
         assert!(s.queue.is_empty());

@@ -1,0 +1,275 @@
+//! A connection's outbound queue: encoded frames from the fan-out and orders from elsewhere
+//! (see `Control`), for the one task that writes to the connection's socket.
+//!
+//! One small allocation per connection that grows only while frames wait, in place of the
+//! two tokio channels it replaced, which allocated about 2 KB per connection up front — most
+//! connections are idle devices, so that was a seventh of what one cost. Bounded in frames
+//! (`outbound_queue`); the fan-out never waits on it (`try_send`), publishers are paced to
+//! it (`pace`).
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::pace::Drain;
+use crate::session::Control;
+
+/// Frames kept allocated while the queue is empty; a larger buffer left by a burst is freed.
+const IDLE_SLOTS: usize = 64;
+
+struct Queue {
+    capacity: usize,
+    senders: AtomicUsize,
+    state: Mutex<State>,
+    drain: Drain,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    /// An order to the connection; it comes before any waiting frame.
+    control: Option<Control>,
+    receiver_gone: bool,
+    waker: Option<Waker>,
+}
+
+/// What the connection takes off its queue.
+#[derive(Debug)]
+pub(crate) enum Received {
+    Frame(Bytes),
+    Control(Control),
+    /// Every sender is gone: the session no longer points to this connection.
+    Closed,
+}
+
+/// The sending side, held by the session's link (and briefly by paused publishers).
+pub(crate) struct Outbound(Arc<Queue>);
+
+/// The receiving side, held by the connection's task.
+pub(crate) struct OutboundRx(Arc<Queue>);
+
+/// A queue of at most `capacity` frames.
+pub(crate) fn outbound(capacity: usize) -> (Outbound, OutboundRx) {
+    let queue = Arc::new(Queue {
+        capacity: capacity.max(1),
+        senders: AtomicUsize::new(1),
+        state: Mutex::new(State::default()),
+        drain: Drain::default(),
+    });
+    (Outbound(queue.clone()), OutboundRx(queue))
+}
+
+impl Outbound {
+    /// Queues a frame unless the queue is full or the connection gone.
+    pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), Bytes> {
+        let waker = {
+            let mut state = self.0.state.lock();
+            if state.receiver_gone || state.frames.len() >= self.0.capacity {
+                return Err(frame);
+            }
+            state.frames.push_back(frame);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Gives the connection an order (replacing one not yet taken); false if it is gone.
+    pub(crate) fn control(&self, order: Control) -> bool {
+        let waker = {
+            let mut state = self.0.state.lock();
+            if state.receiver_gone {
+                return false;
+            }
+            state.control = Some(order);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Frames that fit before the queue is full (0 once the connection is gone).
+    pub(crate) fn free(&self) -> usize {
+        let state = self.0.state.lock();
+        if state.receiver_gone {
+            0
+        } else {
+            self.0.capacity.saturating_sub(state.frames.len())
+        }
+    }
+
+    /// The bound, in frames.
+    pub(crate) fn capacity(&self) -> usize {
+        self.0.capacity
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.state.lock().receiver_gone
+    }
+
+    /// What publishers paced to this queue wait on.
+    pub(crate) fn drain(&self) -> &Drain {
+        &self.0.drain
+    }
+
+    pub(crate) fn same_queue(&self, other: &Outbound) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Clone for Outbound {
+    fn clone(&self) -> Self {
+        self.0.senders.fetch_add(1, Ordering::SeqCst);
+        Outbound(self.0.clone())
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.0.senders.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let waker = self.0.state.lock().waker.take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl OutboundRx {
+    /// Waits for an order, a frame, or the end of the senders.
+    pub(crate) async fn recv(&mut self) -> Received {
+        poll_fn(|cx| {
+            let mut state = self.0.state.lock();
+            if let Some(order) = state.control.take() {
+                return Poll::Ready(Received::Control(order));
+            }
+            if let Some(frame) = pop(&mut state) {
+                return Poll::Ready(Received::Frame(frame));
+            }
+            if self.0.senders.load(Ordering::SeqCst) == 0 {
+                return Poll::Ready(Received::Closed);
+            }
+            match &mut state.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next frame, if one waits.
+    pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
+        pop(&mut self.0.state.lock())
+    }
+
+    /// Wakes the publishers paced to this queue if it has drained enough (see `pace`).
+    pub(crate) fn drained(&self) {
+        if self.0.drain.is_watched() {
+            let len = self.0.state.lock().frames.len();
+            self.0.drain.drained(len, self.0.capacity);
+        }
+    }
+}
+
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        {
+            let mut state = self.0.state.lock();
+            state.receiver_gone = true;
+            state.frames = VecDeque::new();
+        }
+        self.0.drain.drained(0, self.0.capacity);
+    }
+}
+
+fn pop(state: &mut State) -> Option<Bytes> {
+    let frame = state.frames.pop_front();
+    if state.frames.is_empty() && state.frames.capacity() > IDLE_SLOTS {
+        state.frames = VecDeque::new();
+    }
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use thingd_mqtt::ReasonCode;
+
+    #[test]
+    fn bounded_in_frames() {
+        let (tx, mut rx) = outbound(2);
+        assert!(tx.try_send(Bytes::from_static(b"a")).is_ok());
+        assert!(tx.try_send(Bytes::from_static(b"b")).is_ok());
+        assert_eq!(tx.free(), 0);
+        assert!(tx.try_send(Bytes::from_static(b"c")).is_err());
+        assert_eq!(rx.try_recv().as_deref(), Some(&b"a"[..]));
+        assert_eq!(tx.free(), 1);
+        assert_eq!(rx.try_recv().as_deref(), Some(&b"b"[..]));
+        assert_eq!(rx.try_recv(), None);
+    }
+
+    #[tokio::test]
+    async fn an_order_comes_before_waiting_frames() {
+        let (tx, mut rx) = outbound(8);
+        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        assert!(tx.control(Control::Close(ReasonCode::NotAuthorized)));
+        assert!(matches!(
+            rx.recv().await,
+            Received::Control(Control::Close(ReasonCode::NotAuthorized))
+        ));
+        assert!(matches!(rx.recv().await, Received::Frame(_)));
+    }
+
+    #[tokio::test]
+    async fn the_receiver_wakes_for_a_frame_and_when_the_last_sender_goes() {
+        let (tx, mut rx) = outbound(8);
+        let second = tx.clone();
+        let waiting = tokio::spawn(async move {
+            let first = rx.recv().await;
+            let then = rx.recv().await;
+            (first, then)
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.try_send(Bytes::from_static(b"x")).unwrap();
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(second);
+        let (first, then) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert!(matches!(first, Received::Frame(_)));
+        assert!(matches!(then, Received::Closed));
+    }
+
+    #[test]
+    fn a_gone_receiver_refuses_frames_and_orders() {
+        let (tx, rx) = outbound(8);
+        drop(rx);
+        assert!(tx.is_closed());
+        assert_eq!(tx.free(), 0);
+        assert!(tx.try_send(Bytes::from_static(b"a")).is_err());
+        assert!(!tx.control(Control::Close(ReasonCode::NotAuthorized)));
+    }
+
+    #[test]
+    fn a_burst_does_not_stay_allocated_once_drained() {
+        let (tx, mut rx) = outbound(4096);
+        for _ in 0..1000 {
+            tx.try_send(Bytes::from_static(b"a")).unwrap();
+        }
+        while rx.try_recv().is_some() {}
+        assert!(rx.0.state.lock().frames.capacity() <= IDLE_SLOTS);
+    }
+}
