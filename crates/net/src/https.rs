@@ -40,7 +40,8 @@ pub async fn serve_https(
         let app = app.clone();
         async move {
             // Boxed in a statement of its own, as in `serve_mqtts`.
-            let handshaking = Box::pin(handshake(&acceptor, stream, peer, timeout, "https"));
+            let accepting = acceptor.accept(stream);
+            let handshaking = Box::pin(handshake(accepting, peer, timeout, "https"));
             let Some(tls) = handshaking.await else {
                 return;
             };

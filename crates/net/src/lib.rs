@@ -19,6 +19,7 @@ mod accept;
 mod https;
 mod mqtt;
 mod optional_client_auth;
+mod tls;
 mod websocket;
 
 pub use accept::ListenerLimits;

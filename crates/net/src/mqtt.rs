@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use thingd_broker::{Broker, ConnectionInfo};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{ListenerLimits, accept_loop};
 
 /// Serves MQTT over TLS (port 8883). The TLS config must demand a client certificate; the
-/// connection's principal is that certificate's id.
+/// connection's principal is that certificate's id. TLS runs on rustls's unbuffered API
+/// (see `tls`), which keeps an idle connection's buffers small.
 pub async fn serve_mqtts(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -21,16 +21,16 @@ pub async fn serve_mqtts(
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let timeout = limits.handshake_timeout;
     accept_loop(listener, &limits, shutdown, move |stream, peer| {
-        let acceptor = acceptor.clone();
+        let config = tls.clone();
         let broker = broker.clone();
         async move {
             // The handshake and the connection each run boxed, and each box is made in a
             // statement of its own: a temporary of the statement that awaits (even one moved
             // into a box) keeps its space in the task for the connection's whole life.
-            let handshaking = Box::pin(handshake(&acceptor, stream, peer, timeout, "mqtts"));
+            let accepting = crate::tls::accept(stream, config);
+            let handshaking = Box::pin(handshake(accepting, peer, timeout, "mqtts"));
             let Some(tls) = handshaking.await else {
                 return;
             };
@@ -44,12 +44,16 @@ pub async fn serve_mqtts(
 /// The boxed serving future of an MQTT connection over TLS.
 fn serve_boxed(
     broker: &Broker,
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    tls: crate::tls::TlsStream,
     peer: SocketAddr,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let principal = tls
+        .peer_certificates()
+        .and_then(thingd_auth::leaf_certificate_id)
+        .map(|id| id.as_str().to_owned());
     let info = ConnectionInfo {
         remote_addr: peer,
-        principal: principal_of(&tls),
+        principal,
         listener: "mqtts",
     };
     Box::pin(broker.serve_connection(tls, info))
@@ -76,15 +80,14 @@ pub async fn serve_mqtt_plain(
     .await;
 }
 
-/// Runs the TLS handshake under a deadline, counting failures by reason.
-pub(crate) async fn handshake(
-    acceptor: &TlsAcceptor,
-    stream: TcpStream,
+/// Runs a TLS handshake (`accepting`) under a deadline, counting failures by reason.
+pub(crate) async fn handshake<T>(
+    accepting: impl Future<Output = std::io::Result<T>>,
     peer: SocketAddr,
     timeout: std::time::Duration,
     listener: &'static str,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+) -> Option<T> {
+    match tokio::time::timeout(timeout, accepting).await {
         Ok(Ok(tls)) => {
             metrics::counter!("thingd_tls_handshakes_total", "listener" => listener).increment(1);
             Some(tls)
