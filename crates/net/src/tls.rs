@@ -371,6 +371,25 @@ mod tests {
         pki.ca.server_config(verifier, Vec::new()).unwrap()
     }
 
+    /// Accepts one connection with `pki`'s server config and runs `body` on the outcome.
+    async fn accept_one<T, Fut>(
+        pki: &Pki,
+        body: impl FnOnce(io::Result<TlsStream>) -> Fut + Send + 'static,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<T>)
+    where
+        Fut: std::future::Future<Output = T> + Send,
+        T: Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = server_config(pki);
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            body(accept(tcp, config).await).await
+        });
+        (addr, task)
+    }
+
     /// A client with a certificate from `issuer` (which may not be the server's CA).
     async fn client(
         pki: &Pki,
@@ -416,12 +435,8 @@ mod tests {
 
     async fn echo(versions: &[&'static rustls::SupportedProtocolVersion]) {
         let pki = new_pki();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = server_config(&pki);
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = accept(tcp, config).await.unwrap();
+        let (addr, server) = accept_one(&pki, |accepted| async move {
+            let mut tls = accepted.unwrap();
             assert!(tls.peer_certificates().is_some_and(|c| c.len() == 1));
             let mut got = Vec::new();
             let mut buf = [0u8; 1000];
@@ -440,7 +455,8 @@ mod tests {
             tls.flush().await.unwrap();
             tls.shutdown().await.unwrap();
             got
-        });
+        })
+        .await;
         let mut client = client_with(&pki, &pki.ca, addr, versions).await.unwrap();
         let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let (mut rd, mut wr) = tokio::io::split(&mut client);
@@ -464,12 +480,8 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_keeps_a_small_receive_buffer() {
         let pki = new_pki();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = server_config(&pki);
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = accept(tcp, config).await.unwrap();
+        let (addr, server) = accept_one(&pki, |accepted| async move {
+            let mut tls = accepted.unwrap();
             let mut buf = [0u8; 64];
             let n = tls.read(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"ping");
@@ -478,7 +490,8 @@ mod tests {
                 tls.plain.capacity(),
                 tls.outgoing.capacity(),
             )
-        });
+        })
+        .await;
         let mut client = client(&pki, &pki.ca, addr).await.unwrap();
         client.write_all(b"ping").await.unwrap();
         client.flush().await.unwrap();
@@ -491,13 +504,12 @@ mod tests {
     async fn a_refused_client_certificate_gets_an_alert_not_a_bare_close() {
         let pki = new_pki();
         let other = new_pki();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = server_config(&pki);
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            accept(tcp, config).await.err().expect("refused")
-        });
+        let (addr, server) =
+            accept_one(
+                &pki,
+                |accepted| async move { accepted.err().expect("refused") },
+            )
+            .await;
         // TLS 1.3: the client learns of the refusal on its first read.
         let outcome = async {
             let mut c = client(&pki, &other.ca, addr).await?;
