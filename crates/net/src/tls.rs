@@ -478,6 +478,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_update_from_the_client_is_followed_both_ways() {
+        let pki = new_pki();
+        let (addr, server) = accept_one(&pki, |accepted| async move {
+            let mut tls = accepted.unwrap();
+            let mut buf = [0u8; 5];
+            for _ in 0..2 {
+                tls.read_exact(&mut buf).await.unwrap();
+                tls.write_all(&buf).await.unwrap();
+                tls.flush().await.unwrap();
+            }
+        })
+        .await;
+        let mut client = client(&pki, &pki.ca, addr).await.unwrap();
+        let mut echoed = [0u8; 5];
+        client.write_all(b"first").await.unwrap();
+        client.flush().await.unwrap();
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"first");
+        // New keys for what the client sends, and a request that the server update its own.
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"again").await.unwrap();
+        client.flush().await.unwrap();
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"again");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn an_idle_connection_keeps_a_small_receive_buffer() {
         let pki = new_pki();
         let (addr, server) = accept_one(&pki, |accepted| async move {
