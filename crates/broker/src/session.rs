@@ -81,8 +81,8 @@ pub(crate) struct Inflight {
     pub(crate) released: bool,
 }
 
-/// (message address, receiver version, RETAIN flag).
-type Qos0Key = (usize, ProtocolVersion, bool);
+/// (message address, receiver version, QoS, RETAIN flag).
+type FrameKey = (usize, ProtocolVersion, QoS, bool);
 
 /// Side effects gathered while a session lock is held.
 pub(crate) struct Effects {
@@ -92,10 +92,10 @@ pub(crate) struct Effects {
     pub(crate) durable: Vec<WriteOp>,
     /// Writes nobody waits for.
     pub(crate) detached: Vec<WriteOp>,
-    /// QoS 0 frames shared between receivers of one message:
-    /// (message address, version, retain) → frame. The entry holds the message so that its
-    /// address cannot be reused while the cache lives.
-    qos0_cache: HashMap<Qos0Key, (Arc<AppMsg>, Option<Bytes>)>,
+    /// Frames shared between the receivers of one message: (message address, version, QoS,
+    /// retain) → frame, QoS 1/2 frames with packet id 1 (see `shared_frame`). The entry
+    /// holds the message so that its address cannot be reused while the cache lives.
+    frames: HashMap<FrameKey, (Arc<AppMsg>, Option<Bytes>)>,
     /// Receivers whose outbound queue these deliveries filled past three-quarters: the
     /// publisher waits for them before it reads on (see `pace`).
     pub(crate) slow: Vec<SlowReceiver>,
@@ -108,7 +108,7 @@ impl Effects {
             max_queued,
             durable: Vec::new(),
             detached: Vec::new(),
-            qos0_cache: HashMap::new(),
+            frames: HashMap::new(),
             slow: Vec::new(),
         }
     }
@@ -253,12 +253,8 @@ impl Session {
         let Some(link) = self.conn.as_mut() else {
             return; // QoS 0 is never queued for an offline session.
         };
-        let frame = if !link.aliases.enabled() && d.sub_ids.is_empty() {
-            fx.qos0_cache
-                .entry((Arc::as_ptr(&d.msg) as usize, link.version, d.retain))
-                .or_insert_with(|| (d.msg.clone(), build_frame(link, d, None, false, fx.now_ms)))
-                .1
-                .clone()
+        let frame = if shareable(link, d) {
+            shared_frame(link, d, None, fx)
         } else {
             build_frame(link, d, None, false, fx.now_ms)
         };
@@ -289,7 +285,12 @@ impl Session {
             self.enqueue(d, fx);
             return;
         };
-        let Some(frame) = build_checked(link, &d, Some(pid), false, fx.now_ms) else {
+        let frame = if shareable(link, &d) {
+            shared_frame(link, &d, Some(pid), fx).filter(|f| f.len() <= link.max_packet)
+        } else {
+            build_checked(link, &d, Some(pid), false, fx.now_ms)
+        };
+        let Some(frame) = frame else {
             metrics::dropped(DropReason::TooLarge);
             self.forget(&d, fx);
             return;
@@ -413,6 +414,56 @@ pub(crate) fn pubrel(pid: u16) -> Packet {
 
 /// Builds and encodes a PUBLISH for `link`, checking the client's Maximum Packet Size before
 /// an alias is assigned (so that a dropped packet never consumes an alias).
+/// Whether the frame of `d` for `link` is the same for every receiver of its version (no
+/// topic alias, no subscription identifier; packet ids are patched in).
+fn shareable(link: &Link, d: &Delivery) -> bool {
+    !link.aliases.enabled() && d.sub_ids.is_empty()
+}
+
+/// The frame of a shareable delivery, encoded once per message, version, QoS and retain flag
+/// (fan-out to many receivers encodes each message once); a QoS 1/2 receiver gets a copy with
+/// its own packet id.
+fn shared_frame(
+    link: &mut Link,
+    d: &Delivery,
+    pid: Option<u16>,
+    fx: &mut Effects,
+) -> Option<Bytes> {
+    let now_ms = fx.now_ms;
+    let key = (Arc::as_ptr(&d.msg) as usize, link.version, d.qos, d.retain);
+    let frame = fx
+        .frames
+        .entry(key)
+        .or_insert_with(|| {
+            (
+                d.msg.clone(),
+                build_frame(link, d, pid.map(|_| 1), false, now_ms),
+            )
+        })
+        .1
+        .clone()?;
+    match pid {
+        Some(pid) if d.qos != QoS::AtMostOnce => with_packet_id(&frame, pid),
+        _ => Some(frame),
+    }
+}
+
+/// A copy of an encoded PUBLISH (QoS 1 or 2) with another packet id. The id follows the
+/// fixed header and the topic name, in every protocol version.
+fn with_packet_id(frame: &[u8], pid: u16) -> Option<Bytes> {
+    let length_bytes = frame.get(1..)?.iter().position(|b| b & 0x80 == 0)? + 1;
+    let topic = 1 + length_bytes;
+    let topic_len = usize::from(u16::from_be_bytes([
+        *frame.get(topic)?,
+        *frame.get(topic + 1)?,
+    ]));
+    let at = topic + 2 + topic_len;
+    frame.get(at..at + 2)?;
+    let mut copy = bytes::BytesMut::from(frame);
+    copy[at..at + 2].copy_from_slice(&pid.to_be_bytes());
+    Some(copy.freeze())
+}
+
 fn build_checked(
     link: &mut Link,
     d: &Delivery,
@@ -531,6 +582,42 @@ mod tests {
             aliases: OutAliases::new(0),
         });
         rx
+    }
+
+    #[test]
+    fn a_shared_frame_gets_each_receivers_packet_id() {
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                let mut d = delivery("fleet/a/telemetry", qos);
+                Arc::get_mut(&mut d.msg).unwrap().props.content_type =
+                    Some(ByteStr::from("application/json"));
+                let shared = encode_frame(
+                    &Packet::Publish(publish_packet(&d, Some(1), false, 0)),
+                    version,
+                )
+                .unwrap();
+                let patched = with_packet_id(&shared, 0xBEEF).unwrap();
+                let direct = encode_frame(
+                    &Packet::Publish(publish_packet(&d, Some(0xBEEF), false, 0)),
+                    version,
+                )
+                .unwrap();
+                assert_eq!(patched, direct, "{version:?} {qos:?}");
+            }
+        }
+        // A long topic makes the remaining length two bytes.
+        let d = delivery(&"t".repeat(300), QoS::AtLeastOnce);
+        let shared = encode_frame(
+            &Packet::Publish(publish_packet(&d, Some(1), false, 0)),
+            ProtocolVersion::V5,
+        )
+        .unwrap();
+        let direct = encode_frame(
+            &Packet::Publish(publish_packet(&d, Some(7), false, 0)),
+            ProtocolVersion::V5,
+        )
+        .unwrap();
+        assert_eq!(with_packet_id(&shared, 7).unwrap(), direct);
     }
 
     #[test]
