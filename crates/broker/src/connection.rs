@@ -165,8 +165,8 @@ where
                     _ => break End::Lost,
                 }
             }
-            let can_read = conn.acks.len() < read_limit && !conn.pacing.paused();
             let paused = conn.pacing.paused();
+            let can_read = conn.acks.len() < read_limit && !paused;
             let pacing = &mut conn.pacing;
             let spare = rbuf.capacity() - rbuf.len();
             let acks = &mut conn.acks;

@@ -65,20 +65,21 @@ pub(crate) fn outbound(capacity: usize) -> (Outbound, OutboundRx) {
 }
 
 impl Outbound {
-    /// Queues a frame unless the queue is full or the connection gone.
-    pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), Bytes> {
-        let waker = {
+    /// Queues a frame unless the queue is full or the connection gone; `Ok` holds the number
+    /// of frames now waiting (for pacing, without locking the queue again).
+    pub(crate) fn try_send(&self, frame: Bytes) -> Result<usize, Bytes> {
+        let (waker, queued) = {
             let mut state = self.0.state.lock();
             if state.receiver_gone || state.frames.len() >= self.0.capacity {
                 return Err(frame);
             }
             state.frames.push_back(frame);
-            state.waker.take()
+            (state.waker.take(), state.frames.len())
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        Ok(queued)
     }
 
     /// Gives the connection an order (replacing one not yet taken); false if it is gone.

@@ -61,12 +61,12 @@ pub(crate) struct SlowReceiver {
 }
 
 impl SlowReceiver {
-    /// The receiver to wait for after a delivery to `tx`, if its queue is now more than
-    /// three-quarters full and it is not stalled.
-    pub(crate) fn after_send(tx: &Outbound) -> Option<SlowReceiver> {
+    /// The receiver to wait for after a delivery to `tx` left `queued` frames waiting (its
+    /// capacity when the delivery found it full), if that is more than three-quarters of the
+    /// queue and the receiver is not stalled.
+    pub(crate) fn after_send(tx: &Outbound, queued: usize) -> Option<SlowReceiver> {
         let max = tx.capacity();
-        let used = max - tx.free();
-        if used * 4 <= max * 3 || tx.drain().stalled.load(Ordering::Relaxed) {
+        if queued * 4 <= max * 3 || tx.drain().stalled.load(Ordering::Relaxed) {
             return None;
         }
         Some(SlowReceiver { tx: tx.clone() })
@@ -158,6 +158,11 @@ mod tests {
         }
     }
 
+    /// `SlowReceiver::after_send` for the queue as it is now.
+    fn slow(tx: &Outbound) -> Option<SlowReceiver> {
+        SlowReceiver::after_send(tx, tx.capacity() - tx.free())
+    }
+
     fn take(rx: &mut OutboundRx, n: usize) {
         for _ in 0..n {
             rx.try_recv().unwrap();
@@ -169,9 +174,9 @@ mod tests {
     fn a_queue_three_quarters_full_is_slow() {
         let (tx, _rx) = outbound(8);
         fill(&tx, 6);
-        assert!(SlowReceiver::after_send(&tx).is_none());
+        assert!(slow(&tx).is_none());
         fill(&tx, 1);
-        assert!(SlowReceiver::after_send(&tx).is_some());
+        assert!(slow(&tx).is_some());
     }
 
     #[tokio::test]
@@ -179,7 +184,7 @@ mod tests {
         let (tx, mut rx) = outbound(8);
         fill(&tx, 8);
         let mut pacing = Pacing::default();
-        pacing.add(SlowReceiver::after_send(&tx).into_iter().collect());
+        pacing.add(slow(&tx).into_iter().collect());
         assert!(pacing.paused());
         let receiver = tokio::spawn(async move {
             for _ in 0..4 {
@@ -197,12 +202,9 @@ mod tests {
             4,
             "resumed once drained to half, not given up on"
         );
-        assert!(SlowReceiver::after_send(&tx).is_none());
+        assert!(slow(&tx).is_none());
         fill(&tx, 3);
-        assert!(
-            SlowReceiver::after_send(&tx).is_some(),
-            "not marked stalled"
-        );
+        assert!(slow(&tx).is_some(), "not marked stalled");
         drop(receiver.await.unwrap());
     }
 
@@ -211,23 +213,23 @@ mod tests {
         let (tx, _rx) = outbound(8);
         fill(&tx, 8);
         let mut pacing = Pacing::default();
-        pacing.add(SlowReceiver::after_send(&tx).into_iter().collect());
+        pacing.add(slow(&tx).into_iter().collect());
         let started = tokio::time::Instant::now();
         pacing.resume().await;
         assert_eq!(started.elapsed(), PACE_LIMIT);
         // Stalled: later deliveries to it do not pause the publisher again.
-        assert!(SlowReceiver::after_send(&tx).is_none());
+        assert!(slow(&tx).is_none());
     }
 
     #[test]
     fn a_stalled_receiver_is_paced_again_once_it_drains() {
         let (tx, mut rx) = outbound(8);
         fill(&tx, 8);
-        SlowReceiver::after_send(&tx).unwrap().give_up();
-        assert!(SlowReceiver::after_send(&tx).is_none());
+        slow(&tx).unwrap().give_up();
+        assert!(slow(&tx).is_none());
         take(&mut rx, 4);
         fill(&tx, 4);
-        assert!(SlowReceiver::after_send(&tx).is_some());
+        assert!(slow(&tx).is_some());
     }
 
     #[tokio::test]
@@ -235,7 +237,7 @@ mod tests {
         let (tx, rx) = outbound(8);
         fill(&tx, 8);
         let mut pacing = Pacing::default();
-        pacing.add(SlowReceiver::after_send(&tx).into_iter().collect());
+        pacing.add(slow(&tx).into_iter().collect());
         drop(rx);
         tokio::time::timeout(Duration::from_millis(100), pacing.resume())
             .await

@@ -265,14 +265,18 @@ impl Session {
             metrics::dropped(DropReason::TooLarge);
             return;
         }
-        match link.tx.try_send(frame) {
-            Ok(()) => metrics::message_out(QoS::AtMostOnce),
+        let queued = match link.tx.try_send(frame) {
+            Ok(queued) => {
+                metrics::message_out(QoS::AtMostOnce);
+                queued
+            }
             Err(_) => {
                 metrics::dropped(DropReason::SlowConsumer);
                 tracing::debug!(client_id = %self.client_id, "outbound queue full, dropping QoS 0 message");
+                link.tx.capacity()
             }
-        }
-        fx.slow.extend(SlowReceiver::after_send(&link.tx));
+        };
+        fx.slow.extend(SlowReceiver::after_send(&link.tx, queued));
     }
 
     /// Sends a QoS 1/2 delivery on the live link (the caller checked `can_send_now`).
@@ -295,12 +299,12 @@ impl Session {
             self.forget(&d, fx);
             return;
         };
-        if link.tx.try_send(frame).is_err() {
+        let Ok(queued) = link.tx.try_send(frame) else {
             self.queue.push_front(d);
             metrics::queued(1);
             return;
-        }
-        fx.slow.extend(SlowReceiver::after_send(&link.tx));
+        };
+        fx.slow.extend(SlowReceiver::after_send(&link.tx, queued));
         metrics::message_out(d.qos);
         self.inflight.push_back(Inflight {
             pid,
@@ -412,8 +416,6 @@ pub(crate) fn pubrel(pid: u16) -> Packet {
     })
 }
 
-/// Builds and encodes a PUBLISH for `link`, checking the client's Maximum Packet Size before
-/// an alias is assigned (so that a dropped packet never consumes an alias).
 /// Whether the frame of `d` for `link` is the same for every receiver of its version (no
 /// topic alias, no subscription identifier; packet ids are patched in).
 fn shareable(link: &Link, d: &Delivery) -> bool {
@@ -464,6 +466,8 @@ fn with_packet_id(frame: &[u8], pid: u16) -> Option<Bytes> {
     Some(copy.freeze())
 }
 
+/// Builds and encodes a PUBLISH for `link`, checking the client's Maximum Packet Size before
+/// an alias is assigned (so that a dropped packet never consumes an alias).
 fn build_checked(
     link: &mut Link,
     d: &Delivery,
