@@ -27,11 +27,18 @@ use crate::{ConnectionInfo, ConnectionPolicy, metrics, reserved};
 /// Most bytes gathered from the outbound queue before one write.
 const WRITE_BATCH: usize = 256 * 1024;
 
-/// An acknowledgement waiting, in order, for its message to be durable.
+/// An acknowledgement waiting, in order, for what it acknowledges to be durable: a PUBACK or
+/// PUBREC for its message, a SUBACK or UNSUBACK for the session's subscriptions.
 pub(crate) struct PendingAck {
-    resp: PubResp,
+    packet: Packet,
     wait: Option<oneshot::Receiver<bool>>,
     ok: bool,
+}
+
+impl PendingAck {
+    fn of_publish(&self) -> bool {
+        matches!(self.packet, Packet::PubResp(_))
+    }
 }
 
 /// How a connection ends.
@@ -320,22 +327,56 @@ impl Conn {
                 }
                 front.wait = None;
             }
-            let Some(mut a) = self.acks.pop_front() else {
+            let Some(a) = self.acks.pop_front() else {
                 break;
             };
-            if !a.ok {
-                if !self.v5() {
-                    return Err(End::Violation(
-                        ReasonCode::UnspecifiedError,
-                        "store write failed",
-                    ));
-                }
-                a.resp.reason = ReasonCode::UnspecifiedError;
-                a.resp.properties.reason_string = self.reason_string("message could not be stored");
-            }
-            self.write(&Packet::PubResp(a.resp));
+            let packet = if a.ok {
+                a.packet
+            } else {
+                self.store_failed(a.packet)?
+            };
+            self.write(&packet);
         }
         Ok(())
+    }
+
+    /// The acknowledgement to send when what it acknowledges could not be stored, or the end
+    /// of the connection where the protocol version has no way to say so.
+    fn store_failed(&self, packet: Packet) -> Result<Packet, End> {
+        let failure = ReasonCode::UnspecifiedError;
+        let cannot_say = End::Violation(failure, "store write failed");
+        Ok(match packet {
+            Packet::PubResp(mut r) => {
+                if !self.v5() {
+                    return Err(cannot_say);
+                }
+                r.reason = failure;
+                r.properties.reason_string = self.reason_string("message could not be stored");
+                Packet::PubResp(r)
+            }
+            // 3.1.1 has a failure return code (0x80) too. The subscriptions stay in force on
+            // this connection; only their surviving a restart is not promised.
+            Packet::SubAck(mut a) => {
+                for reason in a.reasons.iter_mut().filter(|r| !r.is_error()) {
+                    *reason = failure;
+                }
+                a.properties.reason_string =
+                    self.reason_string("subscriptions could not be stored");
+                Packet::SubAck(a)
+            }
+            Packet::UnsubAck(mut a) => {
+                if !self.v5() {
+                    return Err(cannot_say);
+                }
+                for reason in a.reasons.iter_mut().filter(|r| !r.is_error()) {
+                    *reason = failure;
+                }
+                a.properties.reason_string =
+                    self.reason_string("subscriptions could not be stored");
+                Packet::UnsubAck(a)
+            }
+            other => other,
+        })
     }
 
     fn push_ack(
@@ -350,12 +391,22 @@ impl Conn {
             properties.reason_string = self.reason_string("not authorized");
         }
         self.acks.push_back(PendingAck {
-            resp: PubResp {
+            packet: Packet::PubResp(PubResp {
                 kind,
                 packet_id: pid,
                 reason,
                 properties,
-            },
+            }),
+            wait,
+            ok: true,
+        });
+    }
+
+    /// Queues a SUBACK or UNSUBACK behind the acknowledgements before it, to be sent once the
+    /// session change it reports is durable (at once if nothing had to be stored).
+    fn push_session_ack(&mut self, packet: Packet, wait: Option<oneshot::Receiver<bool>>) {
+        self.acks.push_back(PendingAck {
+            packet,
             wait,
             ok: true,
         });
@@ -447,7 +498,11 @@ impl Conn {
         }
         let pid = p.packet_id.unwrap_or(0);
         if p.qos != QoS::AtMostOnce && self.v5() {
-            let waiting = self.acks.iter().filter(|a| a.wait.is_some()).count();
+            let waiting = self
+                .acks
+                .iter()
+                .filter(|a| a.wait.is_some() && a.of_publish())
+                .count();
             let qos2 = self.cell.lock().inbound_qos2.len();
             let duplicate =
                 p.qos == QoS::ExactlyOnce && self.cell.lock().inbound_qos2.contains(&pid);
@@ -690,7 +745,7 @@ impl Conn {
             }
             if changed && s.persistent() {
                 s.stored = true;
-                fx.detached
+                fx.durable
                     .push(thingd_store::WriteOp::PutSession(session_record(&s, None)));
             }
         }
@@ -702,11 +757,11 @@ impl Conn {
             .map(|((f, _), _)| f.to_string())
             .collect();
         self.raise_subscription_event(true, granted);
-        self.write(&Packet::SubAck(SubAck {
+        let suback = Packet::SubAck(SubAck {
             packet_id: sub.packet_id,
             reasons,
             properties: Properties::default(),
-        }));
+        });
         for (filter, rec) in retained_for {
             let msgs = self
                 .shared
@@ -724,9 +779,12 @@ impl Conn {
                 s.offer(d, &mut fx);
             }
         }
-        // Nobody waits for these writes: the subscriber's own messages.
-        fx.detached.append(&mut fx.durable);
-        drop(self.shared.commit(fx));
+        // The SUBACK of a persistent session waits for its subscriptions to be stored (and
+        // for the retained messages just queued for it), so that what was acknowledged
+        // survives a crash. MQTT lets the matching messages go out before the SUBACK.
+        let must_wait = !fx.durable.is_empty();
+        let stored = self.shared.commit(fx);
+        self.push_session_ack(suback, must_wait.then_some(stored));
         Ok(())
     }
 
@@ -781,7 +839,7 @@ impl Conn {
                 }
             }
             if changed && s.persistent() {
-                fx.detached
+                fx.durable
                     .push(thingd_store::WriteOp::PutSession(session_record(&s, None)));
             }
         }
@@ -793,12 +851,14 @@ impl Conn {
             .map(|(f, _)| f.to_string())
             .collect();
         self.raise_subscription_event(false, removed);
-        self.write(&Packet::UnsubAck(UnsubAck {
+        let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,
             properties: Properties::default(),
-        }));
-        drop(self.shared.commit(fx));
+        });
+        let must_wait = !fx.durable.is_empty();
+        let stored = self.shared.commit(fx);
+        self.push_session_ack(unsuback, must_wait.then_some(stored));
         Ok(())
     }
 

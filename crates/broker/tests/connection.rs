@@ -1055,6 +1055,97 @@ async fn crash_restore_treats_live_sessions_as_disconnected() {
     assert!(ack.session_present);
 }
 
+/// A broker started on the store of one that never shut down, as after kill -9.
+fn broker_after_crash(h: &Harness) -> thingd_broker::Broker {
+    thingd_broker::Broker::new(
+        thingd_broker::BrokerConfig::default(),
+        h.store.clone(),
+        std::sync::Arc::new(thingd_broker::AllowAll),
+    )
+    .expect("broker")
+}
+
+/// CONNECT resuming a session kept for ten minutes after the connection (both versions).
+fn resume_packet(version: thingd_mqtt::ProtocolVersion, id: &str) -> thingd_mqtt::Connect {
+    let mut p = connect_packet(version, id, false);
+    p.properties.session_expiry_interval = Some(600);
+    p
+}
+
+fn connect_to(broker: &thingd_broker::Broker) -> Client {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let info = thingd_broker::ConnectionInfo {
+        remote_addr: "127.0.0.1:1".parse().expect("addr"),
+        principal: None,
+        listener: "test",
+    };
+    let broker = broker.clone();
+    tokio::spawn(async move { broker.serve_connection(server, info).await });
+    Client::from_stream(client)
+}
+
+#[tokio::test]
+async fn a_subscription_acknowledged_to_a_persistent_session_survives_a_crash() {
+    for (version, id) in [(V3, "durable-3"), (V5, "durable-5")] {
+        let h = Harness::new();
+        let (mut s, _) = h.persistent(version, id).await;
+        // No pause between the SUBACK and the crash: the SUBACK itself is the promise.
+        let granted = s.subscribe("after/crash/#", QoS::AtLeastOnce).await;
+        assert_eq!(granted.reasons, vec![ReasonCode::GrantedQoS1]);
+        let b2 = broker_after_crash(&h);
+        let mut publisher = connect_to(&b2);
+        publisher.connect(connect_packet(V5, "pub", true)).await;
+        publisher
+            .publish("after/crash/1", b"kept", QoS::AtLeastOnce, false)
+            .await;
+        let mut again = connect_to(&b2);
+        let ack = again.connect(resume_packet(version, id)).await;
+        assert!(ack.session_present, "{version:?}");
+        assert_eq!(&again.receive().await.payload[..], b"kept", "{version:?}");
+
+        // And an acknowledged UNSUBSCRIBE stays done.
+        let pid = again.pid();
+        again
+            .send(Packet::Unsubscribe(thingd_mqtt::Unsubscribe {
+                packet_id: pid,
+                filters: vec![ByteStr::from("after/crash/#")],
+                properties: Properties::default(),
+            }))
+            .await;
+        assert!(matches!(again.recv().await, Packet::UnsubAck(_)));
+        let b3 = broker_after_crash(&h);
+        let mut publisher = connect_to(&b3);
+        publisher.connect(connect_packet(V5, "pub", true)).await;
+        publisher
+            .publish("after/crash/2", b"not for you", QoS::AtLeastOnce, false)
+            .await;
+        let mut third = connect_to(&b3);
+        let ack = third.connect(resume_packet(version, id)).await;
+        assert!(ack.session_present, "{version:?}");
+        third.expect_nothing().await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_that_could_not_be_stored_is_not_acknowledged_as_granted() {
+    for (version, id) in [(V3, "unstored-3"), (V5, "unstored-5")] {
+        let h = Harness::new();
+        let (mut s, _) = h.persistent(version, id).await;
+        // Every later write fails, as on a full or broken disk.
+        h.store.close();
+        let refused = s.subscribe("never/stored", QoS::AtLeastOnce).await;
+        assert_eq!(
+            refused.reasons,
+            vec![ReasonCode::UnspecifiedError],
+            "{version:?}: 0x80, the failure code of both versions"
+        );
+        // A clean session stores nothing, so it is not affected.
+        let mut clean = h.client(version, &format!("{id}-clean")).await;
+        let granted = clean.subscribe("clean/ok", QoS::AtLeastOnce).await;
+        assert_eq!(granted.reasons, vec![ReasonCode::GrantedQoS1]);
+    }
+}
+
 #[tokio::test]
 async fn garbage_input_never_panics() {
     use rand::{Rng, SeedableRng};
