@@ -1243,6 +1243,50 @@ async fn a_subscriber_that_stops_reading_holds_its_publisher_only_briefly() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout_and_its_will_sent() {
+    let h = Harness::new();
+    let mut watcher = h.client(V5, "watcher").await;
+    watcher.subscribe("gone/#", QoS::AtMostOnce).await;
+    let (a, b) = tokio::io::duplex(512);
+    let info = thingd_broker::ConnectionInfo {
+        remote_addr: "127.0.0.1:1".parse().expect("addr"),
+        principal: None,
+        listener: "test",
+    };
+    let broker = h.broker.clone();
+    tokio::spawn(async move { broker.serve_connection(b, info).await });
+    let mut stuck = Client::from_stream(a);
+    // Keep-alive 30 s: a write may wait 1.5 times that (the grace period of the keep-alive).
+    let mut p = connect_packet(V5, "stuck", true);
+    p.keep_alive = 30;
+    p.will = Some(will(
+        "gone/stuck",
+        b"write timed out",
+        QoS::AtMostOnce,
+        false,
+    ));
+    stuck.connect(p).await;
+    stuck.subscribe("flood", QoS::AtLeastOnce).await;
+    let mut publisher = h.client(V5, "flooder").await;
+    for _ in 0..8 {
+        publisher
+            .publish("flood", &[7u8; 200], QoS::AtLeastOnce, false)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    watcher.expect_nothing().await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    tokio::time::resume();
+    watcher.expect_nothing().await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(16)).await;
+    tokio::time::resume();
+    assert_eq!(&watcher.receive().await.payload[..], b"write timed out");
+    drop(stuck);
+}
+
+#[tokio::test]
 async fn a_fast_qos0_publisher_is_paced_to_a_slower_subscriber_instead_of_losing_messages() {
     let config = thingd_broker::BrokerConfig {
         outbound_queue: 8,
