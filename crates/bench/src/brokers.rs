@@ -271,7 +271,7 @@ connection_messages false
 sys_interval 0
 max_connections -1
 max_inflight_messages 100
-max_queued_messages 100000
+max_queued_messages 10000000
 set_tcp_nodelay true
 
 listener {} {}

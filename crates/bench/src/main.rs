@@ -474,10 +474,14 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
              Flow control: a QoS 1 publisher keeps at most 64 PUBLISHes unacknowledged, and \
              all publishers of a 1→1 or fan-in run stay within 500 messages of the \
              subscriber, so every QoS 1 message must arrive. The per-client queue limit is \
-             100,000 on thingd and Mosquitto (rumqttd has none; its commit log holds \
-             10 × 100 MiB): with the default 1,000, Mosquitto 2.0.11 dropped about 1% of the \
-             QoS 1 messages of the 1,000→1 fan-in although no more than 500 were ever \
-             outstanding end to end, while thingd dropped none. QoS 0 publishers write as fast as the broker \
+             100,000 on thingd, 10,000,000 on Mosquitto (rumqttd has none; its commit log \
+             holds 10 × 100 MiB). Mosquitto 2.0.11 counts every message it ever queued for \
+             an online client against its limit, not the ones still waiting: with a limit \
+             of 100,000 its log said \"Outgoing messages are being dropped\" after about \
+             101,000 messages of the 1,000→1 fan-in, although no more than 600 were ever \
+             outstanding, and about 500 QoS 1 messages were lost in every run; with the \
+             default 1,000 it dropped about 1%. The higher limit is never reached by what \
+             is really queued. QoS 0 publishers write as fast as the broker \
              reads; what the broker drops is reported. Latency is measured from the moment \
              the publisher encodes the message (the time is in the payload) to its decoding by \
              the subscriber, in the same process.\n\n\
