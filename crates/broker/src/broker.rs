@@ -214,7 +214,10 @@ impl Shared {
             ids: Vec<u32>,
         }
         type Member = (Arc<SessionCell>, SubscriptionOptions, Option<u32>);
-        let mut direct: HashMap<usize, Target> = HashMap::new();
+        // Every matching subscription, then merged per session: a session with several
+        // matching filters gets one copy (MQTT 5, 3.3.4). Sorting by session beat a hash
+        // map keyed by session in the fan-out profile (one hash and insert per receiver).
+        let mut direct: Vec<(usize, Target)> = Vec::new();
         let mut groups: HashMap<(Arc<str>, String), Vec<Member>> = HashMap::new();
         {
             let index = self.index.read();
@@ -223,17 +226,15 @@ impl Shared {
                     if val.opts.no_local && msg.origin.as_deref() == Some(&*key.client) {
                         return;
                     }
-                    let t = direct
-                        .entry(Arc::as_ptr(&val.cell) as usize)
-                        .or_insert_with(|| Target {
+                    direct.push((
+                        Arc::as_ptr(&val.cell) as usize,
+                        Target {
                             cell: val.cell.clone(),
-                            qos: QoS::AtMostOnce,
-                            rap: false,
-                            ids: Vec::new(),
-                        });
-                    t.qos = t.qos.max(val.opts.qos);
-                    t.rap |= val.opts.retain_as_published;
-                    t.ids.extend(val.id);
+                            qos: val.opts.qos,
+                            rap: val.opts.retain_as_published,
+                            ids: val.id.into_iter().collect(),
+                        },
+                    ));
                 }
                 Some(g) => groups
                     .entry((g.clone(), filter.to_owned()))
@@ -241,7 +242,21 @@ impl Shared {
                     .push((val.cell.clone(), val.opts, val.id)),
             });
         }
-        for t in direct.into_values() {
+        direct.sort_unstable_by_key(|(session, _)| *session);
+        let mut merged: Vec<Target> = Vec::with_capacity(direct.len());
+        let mut last = None;
+        for (session, t) in direct {
+            match merged.last_mut() {
+                Some(prev) if last == Some(session) => {
+                    prev.qos = prev.qos.max(t.qos);
+                    prev.rap |= t.rap;
+                    prev.ids.extend(t.ids);
+                }
+                _ => merged.push(t),
+            }
+            last = Some(session);
+        }
+        for t in merged {
             let d = Delivery {
                 msg: msg.clone(),
                 qos: msg.qos.min(t.qos),

@@ -3,10 +3,10 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, counter, gauge};
+use metrics::{Counter, Gauge, counter, gauge};
 use thingd_mqtt::QoS;
 
-/// Counters updated for every message, looked up in the recorder once and then reused: a
+/// Counters (and the queue gauge) updated for every message, looked up in the recorder once and then reused: a
 /// `counter!` with labels costs a registry lookup per call, which showed up in profiles of
 /// the fan-out path. The first use must come after the recorder is installed (the server
 /// installs it before the broker starts).
@@ -15,6 +15,7 @@ struct HotCounters {
     messages_out: [Counter; 3],
     bytes_in: Counter,
     bytes_out: Counter,
+    queued: Gauge,
 }
 
 fn hot() -> &'static HotCounters {
@@ -29,6 +30,7 @@ fn hot() -> &'static HotCounters {
             messages_out: by_qos("thingd_messages_out_total"),
             bytes_in: counter!("thingd_bytes_in_total"),
             bytes_out: counter!("thingd_bytes_out_total"),
+            queued: gauge!("thingd_queued_messages"),
         }
     })
 }
@@ -102,9 +104,9 @@ pub(crate) fn dropped(reason: DropReason) {
 /// Messages waiting in session queues changed by `delta`.
 pub(crate) fn queued(delta: i64) {
     if delta >= 0 {
-        gauge!("thingd_queued_messages").increment(delta as f64);
+        hot().queued.increment(delta as f64);
     } else {
-        gauge!("thingd_queued_messages").decrement((-delta) as f64);
+        hot().queued.decrement((-delta) as f64);
     }
 }
 
