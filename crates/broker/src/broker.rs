@@ -152,17 +152,17 @@ impl Shared {
     /// Submits the writes gathered in `fx`. The returned receiver yields whether the durable
     /// part committed (immediately `true` when there was none). The durable write is handed
     /// to the store before this returns, so later detached writes stay ordered after it.
-    pub(crate) fn commit(&self, fx: Effects) -> oneshot::Receiver<bool> {
+    pub(crate) fn commit(&self, mut fx: Effects) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         if !fx.detached.is_empty() {
-            self.store.write_detached(fx.detached);
+            self.store.write_detached(std::mem::take(&mut fx.detached));
         }
         if fx.durable.is_empty() {
             let _ = tx.send(true);
             return rx;
         }
         let store = self.store.clone();
-        let ops = fx.durable;
+        let ops = std::mem::take(&mut fx.durable);
         let mut fut = Box::pin(async move {
             let ok = match store.write(ops).await {
                 Ok(()) => true,
@@ -373,8 +373,8 @@ impl Shared {
                         client_id: client_id.to_string(),
                     });
                 }
-                out.store_ops.extend(fx.detached);
-                out.store_ops.extend(fx.durable);
+                out.store_ops.append(&mut fx.detached);
+                out.store_ops.append(&mut fx.durable);
                 out.session_present = true;
                 drop(s);
                 out.cell = cell;

@@ -226,10 +226,10 @@ where
                     }
                 }
                 Event::Queue(Received::Frame(f)) => {
-                    conn.wbuf.extend_from_slice(&f);
+                    f.copy_to(&mut conn.wbuf);
                     while conn.wbuf.len() < WRITE_BATCH {
                         match rx.try_recv() {
-                            Some(f) => conn.wbuf.extend_from_slice(&f),
+                            Some(f) => f.copy_to(&mut conn.wbuf),
                             None => break,
                         }
                     }

@@ -59,9 +59,13 @@ pub(crate) fn message_in(qos: QoS) {
     hot().messages_in[qos as usize].increment(1);
 }
 
-/// A PUBLISH was handed to a connection's writer.
-pub(crate) fn message_out(qos: QoS) {
-    hot().messages_out[qos as usize].increment(1);
+/// PUBLISHes were handed to connections' writers: `by_qos[q]` of QoS `q`.
+pub(crate) fn messages_out(by_qos: [u64; 3]) {
+    for (counter, n) in hot().messages_out.iter().zip(by_qos) {
+        if n > 0 {
+            counter.increment(n);
+        }
+    }
 }
 
 /// Bytes read from clients.

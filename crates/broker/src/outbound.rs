@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use crate::pace::Drain;
@@ -21,6 +21,53 @@ use crate::session::Control;
 
 /// Frames kept allocated while the queue is empty; a larger buffer left by a burst is freed.
 const IDLE_SLOTS: usize = 64;
+
+/// An encoded packet waiting to be written. A fan-out shares one encoding of a message
+/// between its receivers; each QoS 1/2 receiver's packet id is written into its copy as the
+/// frame is copied into the write buffer, so queuing it allocates nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Frame {
+    bytes: Bytes,
+    /// Where the packet id goes, and the id (0: the frame is sent as it is).
+    id_at: u32,
+    id: u16,
+}
+
+impl Frame {
+    /// `bytes` with the two bytes at `at` replaced by `id` when written.
+    pub(crate) fn with_packet_id(bytes: Bytes, at: usize, id: u16) -> Option<Frame> {
+        bytes.get(at..at.checked_add(2)?)?;
+        Some(Frame {
+            bytes,
+            id_at: u32::try_from(at).ok()?,
+            id,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Appends the frame, with its packet id, to `out`.
+    pub(crate) fn copy_to(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.extend_from_slice(&self.bytes);
+        if self.id != 0 {
+            let at = start + self.id_at as usize;
+            out[at..at + 2].copy_from_slice(&self.id.to_be_bytes());
+        }
+    }
+}
+
+impl From<Bytes> for Frame {
+    fn from(bytes: Bytes) -> Frame {
+        Frame {
+            bytes,
+            id_at: 0,
+            id: 0,
+        }
+    }
+}
 
 struct Queue {
     capacity: usize,
@@ -31,7 +78,7 @@ struct Queue {
 
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Frame>,
     /// An order to the connection; it comes before any waiting frame.
     control: Option<Control>,
     receiver_gone: bool,
@@ -41,7 +88,7 @@ struct State {
 /// What the connection takes off its queue.
 #[derive(Debug)]
 pub(crate) enum Received {
-    Frame(Bytes),
+    Frame(Frame),
     Control(Control),
     /// Every sender is gone: the session no longer points to this connection.
     Closed,
@@ -67,7 +114,7 @@ pub(crate) fn outbound(capacity: usize) -> (Outbound, OutboundRx) {
 impl Outbound {
     /// Queues a frame unless the queue is full or the connection gone; `Ok` holds the number
     /// of frames now waiting (for pacing, without locking the queue again).
-    pub(crate) fn try_send(&self, frame: Bytes) -> Result<usize, Bytes> {
+    pub(crate) fn try_send(&self, frame: Frame) -> Result<usize, Frame> {
         let (waker, queued) = {
             let mut state = self.0.state.lock();
             if state.receiver_gone || state.frames.len() >= self.0.capacity {
@@ -169,7 +216,7 @@ impl OutboundRx {
     }
 
     /// The next frame, if one waits.
-    pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
+    pub(crate) fn try_recv(&mut self) -> Option<Frame> {
         pop(&mut self.0.state.lock())
     }
 
@@ -193,7 +240,7 @@ impl Drop for OutboundRx {
     }
 }
 
-fn pop(state: &mut State) -> Option<Bytes> {
+fn pop(state: &mut State) -> Option<Frame> {
     let frame = state.frames.pop_front();
     if state.frames.is_empty() && state.frames.capacity() > IDLE_SLOTS {
         state.frames = VecDeque::new();
@@ -210,20 +257,20 @@ mod tests {
     #[test]
     fn bounded_in_frames() {
         let (tx, mut rx) = outbound(2);
-        assert!(tx.try_send(Bytes::from_static(b"a")).is_ok());
-        assert!(tx.try_send(Bytes::from_static(b"b")).is_ok());
+        assert!(tx.try_send(Bytes::from_static(b"a").into()).is_ok());
+        assert!(tx.try_send(Bytes::from_static(b"b").into()).is_ok());
         assert_eq!(tx.free(), 0);
-        assert!(tx.try_send(Bytes::from_static(b"c")).is_err());
-        assert_eq!(rx.try_recv().as_deref(), Some(&b"a"[..]));
+        assert!(tx.try_send(Bytes::from_static(b"c").into()).is_err());
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"a").into()));
         assert_eq!(tx.free(), 1);
-        assert_eq!(rx.try_recv().as_deref(), Some(&b"b"[..]));
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"b").into()));
         assert_eq!(rx.try_recv(), None);
     }
 
     #[tokio::test]
     async fn an_order_comes_before_waiting_frames() {
         let (tx, mut rx) = outbound(8);
-        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        tx.try_send(Bytes::from_static(b"a").into()).unwrap();
         assert!(tx.control(Control::Close(ReasonCode::NotAuthorized)));
         assert!(matches!(
             rx.recv().await,
@@ -242,7 +289,7 @@ mod tests {
             (first, then)
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        tx.try_send(Bytes::from_static(b"x")).unwrap();
+        tx.try_send(Bytes::from_static(b"x").into()).unwrap();
         drop(tx);
         tokio::time::sleep(Duration::from_millis(10)).await;
         drop(second);
@@ -260,7 +307,7 @@ mod tests {
         drop(rx);
         assert!(tx.is_closed());
         assert_eq!(tx.free(), 0);
-        assert!(tx.try_send(Bytes::from_static(b"a")).is_err());
+        assert!(tx.try_send(Bytes::from_static(b"a").into()).is_err());
         assert!(!tx.control(Control::Close(ReasonCode::NotAuthorized)));
     }
 
@@ -268,7 +315,7 @@ mod tests {
     fn a_burst_does_not_stay_allocated_once_drained() {
         let (tx, mut rx) = outbound(4096);
         for _ in 0..1000 {
-            tx.try_send(Bytes::from_static(b"a")).unwrap();
+            tx.try_send(Bytes::from_static(b"a").into()).unwrap();
         }
         while rx.try_recv().is_some() {}
         assert!(rx.0.state.lock().frames.capacity() <= IDLE_SLOTS);

@@ -154,7 +154,7 @@ mod tests {
 
     fn fill(tx: &Outbound, n: usize) {
         for _ in 0..n {
-            tx.try_send(Bytes::from_static(b"x")).unwrap();
+            tx.try_send(Bytes::from_static(b"x").into()).unwrap();
         }
     }
 
