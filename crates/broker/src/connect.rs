@@ -329,6 +329,7 @@ async fn accept(
             props: forwardable(&w.properties),
             expires_at: None,
             origin: Some(client_id.clone()),
+            frames: Default::default(),
         },
         expiry_interval: w.properties.message_expiry_interval,
         delay: w.properties.will_delay_interval.unwrap_or(0),

@@ -575,6 +575,7 @@ impl Conn {
             props: forwardable(&p.properties),
             expires_at: expiry_from(expiry, cfg.max_message_expiry, now),
             origin: Some(self.client_id.clone()),
+            frames: Default::default(),
         });
         let (wait, slow) = self.shared.publish(&msg);
         self.pacing.add(slow);

@@ -350,6 +350,7 @@ impl Broker {
             props: thingd_mqtt::Properties::default(),
             expires_at: None,
             origin: None,
+            frames: Default::default(),
         });
         Ok(shared.publish(&msg).0)
     }

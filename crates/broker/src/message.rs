@@ -50,6 +50,57 @@ pub(crate) struct AppMsg {
     pub(crate) expires_at: Option<u64>,
     /// The publishing client id, for No Local.
     pub(crate) origin: Option<Arc<str>>,
+    /// Its encodings shared between receivers (see `SharedFrames`).
+    pub(crate) frames: SharedFrames,
+}
+
+/// Which receivers can share one encoding of a message: protocol version, QoS, and the
+/// Message Expiry Interval left (encoded in seconds, so equal for a second at a time).
+pub(crate) type FrameKey = (ProtocolVersion, QoS, Option<u32>);
+
+/// Encodings of one message that receivers share (QoS 1/2 ones with packet id 1, which each
+/// receiver's copy overwrites as it is written out): made by the first receiver that needs
+/// one, whether the message goes out at once or later from a session's queue. A clone of the
+/// message starts with none.
+#[derive(Default)]
+pub(crate) struct SharedFrames(parking_lot::Mutex<Vec<(FrameKey, Option<Bytes>)>>);
+
+/// Encodings kept per message at most (versions × QoS, and expiry seconds as they pass).
+const SHARED_FRAMES_MAX: usize = 8;
+
+impl SharedFrames {
+    /// The encoding for `key`, made with `encode` if there is none yet (`None` if the codec
+    /// refused the message).
+    pub(crate) fn get_or_encode(
+        &self,
+        key: FrameKey,
+        encode: impl FnOnce() -> Option<Bytes>,
+    ) -> Option<Bytes> {
+        if let Some((_, frame)) = self.0.lock().iter().find(|(k, _)| *k == key) {
+            return frame.clone();
+        }
+        let frame = encode();
+        let mut frames = self.0.lock();
+        if !frames.iter().any(|(k, _)| *k == key) {
+            if frames.len() >= SHARED_FRAMES_MAX {
+                frames.remove(0);
+            }
+            frames.push((key, frame.clone()));
+        }
+        frame
+    }
+}
+
+impl Clone for SharedFrames {
+    fn clone(&self) -> Self {
+        SharedFrames::default()
+    }
+}
+
+impl std::fmt::Debug for SharedFrames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedFrames({})", self.0.lock().len())
+    }
 }
 
 impl AppMsg {
@@ -140,6 +191,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_frames_encode_once_per_key_and_are_not_cloned() {
+        let frames = SharedFrames::default();
+        let encodes = std::cell::Cell::new(0);
+        let get = |key: FrameKey| {
+            frames.get_or_encode(key, || {
+                encodes.set(encodes.get() + 1);
+                Some(Bytes::from(format!("{key:?}")))
+            })
+        };
+        let v5 = (ProtocolVersion::V5, QoS::AtLeastOnce, None);
+        let v3 = (ProtocolVersion::V311, QoS::AtLeastOnce, None);
+        let expiring = (ProtocolVersion::V5, QoS::AtLeastOnce, Some(9));
+        let a = get(v5);
+        assert_eq!(get(v5), a);
+        assert_ne!(get(v3), a);
+        assert_ne!(get(expiring), a);
+        assert_eq!(get(v3), get(v3));
+        assert_eq!(encodes.get(), 3);
+        // Bounded: old keys make room for new ones.
+        for secs in 0..20 {
+            get((ProtocolVersion::V5, QoS::ExactlyOnce, Some(secs)));
+        }
+        assert!(frames.0.lock().len() <= SHARED_FRAMES_MAX);
+        assert_eq!(frames.clone().0.lock().len(), 0, "a clone starts empty");
+    }
+
+    #[test]
     fn remaining_expiry_rounds_up() {
         let m = AppMsg {
             topic: ByteStr::from("a"),
@@ -149,6 +227,7 @@ mod tests {
             props: Properties::default(),
             expires_at: Some(10_500),
             origin: None,
+            frames: Default::default(),
         };
         assert_eq!(m.remaining_expiry(10_000), Some(1));
         assert_eq!(m.remaining_expiry(9_000), Some(2));

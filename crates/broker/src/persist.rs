@@ -74,6 +74,7 @@ pub(crate) fn decode_delivery(blob: &[u8]) -> Option<Delivery> {
         props,
         expires_at: (exp != 0).then_some(exp),
         origin: None,
+        frames: Default::default(),
     };
     Some(Delivery {
         msg: Arc::new(msg),
@@ -235,6 +236,7 @@ mod blob_tests {
             },
             expires_at: Some(1_700_000_000_123),
             origin: None,
+            frames: Default::default(),
         });
         let d = Delivery {
             msg: msg.clone(),

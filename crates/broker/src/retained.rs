@@ -23,7 +23,10 @@ impl Retained {
             self.map.write().remove(&topic);
             WriteOp::DeleteRetained { topic }
         } else {
-            self.map.write().insert(topic.clone(), msg.clone());
+            // A copy without the encodings the live fan-out shares (`SharedFrames`): a
+            // retained message may be kept for a long time.
+            let kept = Arc::new(AppMsg::clone(msg));
+            self.map.write().insert(topic.clone(), kept);
             WriteOp::PutRetained {
                 topic,
                 blob: crate::persist::encode_message(msg),

@@ -83,13 +83,6 @@ pub(crate) struct Inflight {
     pub(crate) released: bool,
 }
 
-/// (message address, receiver version, QoS, RETAIN flag).
-type FrameKey = (usize, ProtocolVersion, QoS, bool);
-
-/// How many of the newest shared frames a lookup compares (versions × QoS × RETAIN of one
-/// message fit).
-const FRAME_CACHE_LOOKBACK: usize = 8;
-
 /// Side effects gathered while a session lock is held.
 pub(crate) struct Effects {
     pub(crate) now_ms: u64,
@@ -98,12 +91,6 @@ pub(crate) struct Effects {
     pub(crate) durable: Vec<WriteOp>,
     /// Writes nobody waits for.
     pub(crate) detached: Vec<WriteOp>,
-    /// Frames shared between the receivers of one message: (message address, version, QoS,
-    /// retain) → frame, QoS 1/2 frames with packet id 1 (see `shared_frame`). The entry
-    /// holds the message so that its address cannot be reused while the cache lives. A
-    /// list: one message has a handful of keys, and hashing each lookup cost more than
-    /// comparing them.
-    frames: Vec<(FrameKey, Arc<AppMsg>, Option<Bytes>)>,
     /// Receivers whose outbound queue these deliveries filled past three-quarters: the
     /// publisher waits for them before it reads on (see `pace`).
     pub(crate) slow: Vec<SlowReceiver>,
@@ -125,7 +112,6 @@ impl Effects {
             max_queued,
             durable: Vec::new(),
             detached: Vec::new(),
-            frames: Vec::new(),
             slow: Vec::new(),
             sent: [0; 3],
         }
@@ -454,9 +440,11 @@ fn shareable(link: &Link, d: &Delivery) -> bool {
     !link.aliases.enabled() && d.sub_ids.is_empty()
 }
 
-/// The frame of a shareable delivery, encoded once per message, version, QoS and retain flag
-/// (fan-out to many receivers encodes each message once); a QoS 1/2 receiver's packet id is
-/// written in when the frame is copied out (`Frame`).
+/// The frame of a shareable delivery, encoded once per message, version, QoS and expiry
+/// second (`SharedFrames`: fan-out to many receivers encodes each message once, also when
+/// it goes out later from the receivers' queues); a QoS 1/2 receiver's packet id is written
+/// in when the frame is copied out (`Frame`). Retained messages sent on SUBSCRIBE are
+/// encoded for their receiver alone: a frame kept with one would last as long as it does.
 fn shared_frame(
     link: &mut Link,
     d: &Delivery,
@@ -464,22 +452,13 @@ fn shared_frame(
     fx: &mut Effects,
 ) -> Option<Frame> {
     let now_ms = fx.now_ms;
-    let key = (Arc::as_ptr(&d.msg) as usize, link.version, d.qos, d.retain);
-    // Only the newest entries are looked at: a batch of many messages (a session's queue
-    // pumped after PUBACKs) gets an encoding per message without a growing search.
-    let cached = fx
-        .frames
-        .iter()
-        .rev()
-        .take(FRAME_CACHE_LOOKBACK)
-        .find(|(k, _, _)| *k == key);
-    let frame = match cached {
-        Some((_, _, frame)) => frame.clone(),
-        None => {
-            let frame = build_frame(link, d, pid.map(|_| 1), false, now_ms);
-            fx.frames.push((key, d.msg.clone(), frame.clone()));
-            frame
-        }
+    let frame = if d.retain {
+        build_frame(link, d, pid.map(|_| 1), false, now_ms)
+    } else {
+        let key = (link.version, d.qos, d.msg.remaining_expiry(now_ms));
+        d.msg
+            .frames
+            .get_or_encode(key, || build_frame(link, d, pid.map(|_| 1), false, now_ms))
     }?;
     match pid {
         Some(pid) if d.qos != QoS::AtMostOnce => {
@@ -560,6 +539,7 @@ mod tests {
                 props: Properties::default(),
                 expires_at: None,
                 origin: None,
+                frames: Default::default(),
             }),
             qos,
             retain: false,
@@ -699,7 +679,9 @@ mod tests {
     fn patched(shared: Bytes, id: u16) -> bytes::BytesMut {
         let at = packet_id_offset(&shared).unwrap();
         let mut out = bytes::BytesMut::from(&b"before"[..]);
-        Frame::with_packet_id(shared, at, id).unwrap().copy_to(&mut out);
+        Frame::with_packet_id(shared, at, id)
+            .unwrap()
+            .copy_to(&mut out);
         assert_eq!(&out[..6], b"before", "appended after what was there");
         out.split_off(6)
     }
