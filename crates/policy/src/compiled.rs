@@ -297,9 +297,12 @@ const CACHED: [IotAction; 4] = [
     IotAction::Receive,
 ];
 
+/// Looked up for every message a connection receives, with foldhash (seeded per process;
+/// cheaper than SipHash, and its hasher state is half the size). Its entries are bounded,
+/// so a client choosing colliding topics can slow only its own lookups.
 #[derive(Debug, Default)]
 struct DecisionCache {
-    slots: [HashMap<Box<str>, bool>; 4],
+    slots: [HashMap<Box<str>, bool, foldhash::fast::RandomState>; 4],
     len: usize,
 }
 

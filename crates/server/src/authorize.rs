@@ -296,24 +296,27 @@ struct LivePolicy {
 }
 
 impl LivePolicy {
-    fn current(&self) -> Option<Arc<ConnectionAuthorizer>> {
+    /// `decide` with the connection's authorizer for the registry as it is now (recompiled
+    /// if the registry changed); false if the registry cannot be read. Runs under the read
+    /// lock when nothing changed: it is on every delivery's path.
+    fn decide(&self, decide: impl FnOnce(&ConnectionAuthorizer) -> bool) -> bool {
         let generation = self.inner.generation.load(Ordering::SeqCst);
         {
             let compiled = self.compiled.read();
             if compiled.0 == generation {
-                return Some(compiled.1.clone());
+                return decide(&compiled.1);
             }
         }
         match self.identity.compile(&self.inner) {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 *self.compiled.write() = (generation, fresh.clone());
-                Some(fresh)
+                decide(&fresh)
             }
             Err(error) => {
                 // Fail closed: no decision can be made without the registry.
                 tracing::warn!(%error, client_id = self.identity.client_id, "cannot read the policies; denying");
-                None
+                false
             }
         }
     }
@@ -321,13 +324,13 @@ impl LivePolicy {
 
 impl ConnectionPolicy for LivePolicy {
     fn can_publish(&self, topic: &str, retain: bool) -> bool {
-        self.current().is_some_and(|p| p.can_publish(topic, retain))
+        self.decide(|p| p.can_publish(topic, retain))
     }
     fn can_subscribe(&self, filter: &str) -> bool {
-        self.current().is_some_and(|p| p.can_subscribe(filter))
+        self.decide(|p| p.can_subscribe(filter))
     }
     fn can_receive(&self, topic: &str) -> bool {
-        self.current().is_some_and(|p| p.can_receive(topic))
+        self.decide(|p| p.can_receive(topic))
     }
 }
 
