@@ -1072,16 +1072,25 @@ fn resume_packet(version: thingd_mqtt::ProtocolVersion, id: &str) -> thingd_mqtt
     p
 }
 
-fn connect_to(broker: &thingd_broker::Broker) -> Client {
-    let (client, server) = tokio::io::duplex(1 << 16);
-    let info = thingd_broker::ConnectionInfo {
-        remote_addr: "127.0.0.1:1".parse().expect("addr"),
-        principal: None,
-        listener: "test",
-    };
-    let broker = broker.clone();
-    tokio::spawn(async move { broker.serve_connection(server, info).await });
-    Client::from_stream(client)
+/// Starts a broker as after kill -9, publishes `payload` to `topic` on it and resumes the
+/// session `id`, which must still exist.
+async fn crash_publish_and_resume(
+    h: &Harness,
+    version: thingd_mqtt::ProtocolVersion,
+    id: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Client {
+    let broker = broker_after_crash(h);
+    let mut publisher = serve_pipe(&broker, 1 << 16, None);
+    publisher.connect(connect_packet(V5, "pub", true)).await;
+    publisher
+        .publish(topic, payload, QoS::AtLeastOnce, false)
+        .await;
+    let mut resumed = serve_pipe(&broker, 1 << 16, None);
+    let ack = resumed.connect(resume_packet(version, id)).await;
+    assert!(ack.session_present, "{version:?}");
+    resumed
 }
 
 #[tokio::test]
@@ -1092,15 +1101,7 @@ async fn a_subscription_acknowledged_to_a_persistent_session_survives_a_crash() 
         // No pause between the SUBACK and the crash: the SUBACK itself is the promise.
         let granted = s.subscribe("after/crash/#", QoS::AtLeastOnce).await;
         assert_eq!(granted.reasons, vec![ReasonCode::GrantedQoS1]);
-        let b2 = broker_after_crash(&h);
-        let mut publisher = connect_to(&b2);
-        publisher.connect(connect_packet(V5, "pub", true)).await;
-        publisher
-            .publish("after/crash/1", b"kept", QoS::AtLeastOnce, false)
-            .await;
-        let mut again = connect_to(&b2);
-        let ack = again.connect(resume_packet(version, id)).await;
-        assert!(ack.session_present, "{version:?}");
+        let mut again = crash_publish_and_resume(&h, version, id, "after/crash/1", b"kept").await;
         assert_eq!(&again.receive().await.payload[..], b"kept", "{version:?}");
 
         // And an acknowledged UNSUBSCRIBE stays done.
@@ -1113,15 +1114,8 @@ async fn a_subscription_acknowledged_to_a_persistent_session_survives_a_crash() 
             }))
             .await;
         assert!(matches!(again.recv().await, Packet::UnsubAck(_)));
-        let b3 = broker_after_crash(&h);
-        let mut publisher = connect_to(&b3);
-        publisher.connect(connect_packet(V5, "pub", true)).await;
-        publisher
-            .publish("after/crash/2", b"not for you", QoS::AtLeastOnce, false)
-            .await;
-        let mut third = connect_to(&b3);
-        let ack = third.connect(resume_packet(version, id)).await;
-        assert!(ack.session_present, "{version:?}");
+        let mut third =
+            crash_publish_and_resume(&h, version, id, "after/crash/2", b"not for you").await;
         third.expect_nothing().await;
     }
 }
@@ -1197,15 +1191,7 @@ async fn a_subscriber_that_stops_reading_holds_its_publisher_only_briefly() {
         ..thingd_broker::BrokerConfig::default()
     };
     let h = Harness::with_config(config);
-    let (a, b) = tokio::io::duplex(512);
-    let info = thingd_broker::ConnectionInfo {
-        remote_addr: "127.0.0.1:1".parse().expect("addr"),
-        principal: None,
-        listener: "test",
-    };
-    let broker = h.broker.clone();
-    tokio::spawn(async move { broker.serve_connection(b, info).await });
-    let mut sub = Client::from_stream(a);
+    let mut sub = serve_pipe(&h.broker, 512, None);
     sub.connect(connect_packet(V5, "slow", true)).await;
     sub.subscribe("s0", QoS::AtMostOnce).await;
     sub.subscribe("s1", QoS::AtLeastOnce).await;
@@ -1247,15 +1233,7 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout_and_its_
     let h = Harness::new();
     let mut watcher = h.client(V5, "watcher").await;
     watcher.subscribe("gone/#", QoS::AtMostOnce).await;
-    let (a, b) = tokio::io::duplex(512);
-    let info = thingd_broker::ConnectionInfo {
-        remote_addr: "127.0.0.1:1".parse().expect("addr"),
-        principal: None,
-        listener: "test",
-    };
-    let broker = h.broker.clone();
-    tokio::spawn(async move { broker.serve_connection(b, info).await });
-    let mut stuck = Client::from_stream(a);
+    let mut stuck = serve_pipe(&h.broker, 512, None);
     // Keep-alive 30 s: a write may wait 1.5 times that (the grace period of the keep-alive).
     let mut p = connect_packet(V5, "stuck", true);
     p.keep_alive = 30;

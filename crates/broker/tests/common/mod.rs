@@ -59,20 +59,7 @@ impl Harness {
 
     /// A connected stream, not yet CONNECTed.
     pub fn stream(&self, principal: Option<&str>) -> Client {
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let info = ConnectionInfo {
-            remote_addr: SocketAddr::from(([127, 0, 0, 1], 4000)),
-            principal: principal.map(str::to_owned),
-            listener: "test",
-        };
-        let broker = self.broker.clone();
-        tokio::spawn(async move { broker.serve_connection(b, info).await });
-        Client {
-            stream: a,
-            rbuf: BytesMut::new(),
-            version: V5,
-            next_pid: 1,
-        }
+        serve_pipe(&self.broker, 1 << 20, principal)
     }
 
     /// Connects with clean start and returns the client and its CONNACK.
@@ -98,6 +85,20 @@ impl Harness {
         assert_eq!(ack.reason, ReasonCode::Success, "{ack:?}");
         (c, ack)
     }
+}
+
+/// A client on a pipe of `pipe_bytes` each way to a connection `broker` serves, not yet
+/// CONNECTed (a small pipe stands for a client that stops reading).
+pub fn serve_pipe(broker: &Broker, pipe_bytes: usize, principal: Option<&str>) -> Client {
+    let (a, b) = tokio::io::duplex(pipe_bytes);
+    let info = ConnectionInfo {
+        remote_addr: SocketAddr::from(([127, 0, 0, 1], 4000)),
+        principal: principal.map(str::to_owned),
+        listener: "test",
+    };
+    let broker = broker.clone();
+    tokio::spawn(async move { broker.serve_connection(b, info).await });
+    Client::from_stream(a)
 }
 
 pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
