@@ -295,3 +295,68 @@ async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_l
     assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (5, 0x87));
     Ok(())
 }
+
+/// Devices whose policies have no variables share one compiled set, and a fan-out decides
+/// `iot:Receive` once per topic for all of them: the decision still follows the topic, and a
+/// device whose policy changes is decided for on its own again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_under_one_policy_receives_what_it_allows_and_a_changed_device_stops() -> TestResult
+{
+    let server = TestServer::start().await?;
+    let a = provision(&server, "sensor-a").await?;
+    let b = provision(&server, "sensor-b").await?;
+    let store = server.running.store.clone();
+    let document = r#"{"Version":"2012-10-17","Statement":[
+        {"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:*:*:client/*"},
+        {"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:aws:iot:*:*:topicfilter/fleet/*"},
+        {"Effect":"Allow","Action":"iot:Receive","Resource":"arn:aws:iot:*:*:topic/fleet/cmd"},
+        {"Effect":"Allow","Action":"iot:Publish","Resource":"arn:aws:iot:*:*:topic/fleet/*"}]}"#;
+    let (arn_a, arn_b) = (cert_arn(&a.id), cert_arn(&b.id));
+    {
+        let arn_b = arn_b.clone();
+        store
+            .transact(move |conn| {
+                attachments::detach(conn, "sensor-a-policy", &arn_a)?;
+                attachments::detach(conn, "sensor-b-policy", &arn_b)?;
+                policies::create(conn, "fleet-wide", document, 0)?;
+                attachments::attach(conn, "fleet-wide", &arn_a, 0)?;
+                attachments::attach(conn, "fleet-wide", &arn_b, 0)
+            })
+            .await?;
+    }
+    tokio::time::sleep(REGISTRY_PROPAGATION).await;
+
+    let mut clients = Vec::new();
+    for (device, id) in [(&a, "sensor-a"), (&b, "sensor-b")] {
+        let mut client = RawClient::v5(&server, device, id).await?;
+        client
+            .send(&subscribe(true, 1, &[], &[("fleet/#", 0)]))
+            .await?;
+        let (_, codes) = next_frame(&mut client)
+            .await?
+            .sub_codes(kind::SUBACK, true)?;
+        assert_eq!(codes, vec![0], "{id}");
+        clients.push(client);
+    }
+    for topic in ["fleet/secret", "fleet/cmd"] {
+        clients[0]
+            .send(&publish(true, topic, 0, false, 0, &[], b"go"))
+            .await?;
+    }
+    for client in &mut clients {
+        assert_eq!(client.expect_publish(true).await?.topic, "fleet/cmd");
+        client.expect_silence().await?;
+    }
+
+    // sensor-b loses the policy; sensor-a, still under it, goes on receiving.
+    store
+        .transact(move |conn| attachments::detach(conn, "fleet-wide", &arn_b))
+        .await?;
+    tokio::time::sleep(REGISTRY_PROPAGATION).await;
+    clients[0]
+        .send(&publish(true, "fleet/cmd", 0, false, 0, &[], b"again"))
+        .await?;
+    assert_eq!(clients[0].expect_publish(true).await?.topic, "fleet/cmd");
+    clients[1].expect_silence().await?;
+    Ok(())
+}

@@ -155,6 +155,13 @@ pub trait ConnectionPolicy: Send + Sync + 'static {
     fn can_subscribe(&self, filter: &str) -> bool;
     /// May a message on `topic` be delivered to it?
     fn can_receive(&self, topic: &str) -> bool;
+    /// Names this policy's `can_receive` decisions when they depend on the topic alone and
+    /// are the same for every policy giving the same token (for example one compiled policy
+    /// set shared by many devices). A fan-out then decides once per topic and token instead
+    /// of once per receiver. `None` (the default): ask every receiver.
+    fn receive_token(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a CONNECT asks for, as far as authorization is concerned.

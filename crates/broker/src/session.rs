@@ -94,6 +94,9 @@ pub(crate) struct Effects {
     /// Receivers whose outbound queue these deliveries filled past three-quarters: the
     /// publisher waits for them before it reads on (see `pace`).
     pub(crate) slow: Vec<SlowReceiver>,
+    /// Receive decisions made while these effects live, by policy token and topic (see
+    /// `may_receive`).
+    receive_memo: Vec<(u64, ByteStr, bool)>,
     /// PUBLISHes handed to writers, by QoS: added to the metrics once, when these effects
     /// are dropped, instead of once per receiver on a counter every thread shares.
     sent: [u64; 3],
@@ -113,6 +116,7 @@ impl Effects {
             durable: Vec::new(),
             detached: Vec::new(),
             slow: Vec::new(),
+            receive_memo: Vec::new(),
             sent: [0; 3],
         }
     }
@@ -241,7 +245,7 @@ impl Session {
             return;
         }
         if let Some(link) = &self.conn
-            && !link.policy.can_receive(&d.msg.topic)
+            && !may_receive(link, &d.msg.topic, fx)
         {
             return;
         }
@@ -344,7 +348,7 @@ impl Session {
                 continue;
             }
             if let Some(link) = &self.conn
-                && !link.policy.can_receive(&d.msg.topic)
+                && !may_receive(link, &d.msg.topic, fx)
             {
                 self.forget(&d, fx);
                 continue;
@@ -432,6 +436,32 @@ pub(crate) fn pubrel(pid: u16) -> Packet {
         reason: ReasonCode::Success,
         properties: Properties::default(),
     })
+}
+
+/// Receive decisions a lookup compares, newest first (one fan-out has one topic and a few
+/// policy sets).
+const RECEIVE_MEMO_LOOKBACK: usize = 8;
+
+/// Whether `link`'s connection may receive a message on `topic`. Receivers whose policies
+/// decide alike (`ConnectionPolicy::receive_token`) share one decision per topic while `fx`
+/// lives — a fan-out to a fleet with one policy asks once, not once per device. A policy
+/// changed meanwhile gives another token, so it is asked again.
+fn may_receive(link: &Link, topic: &ByteStr, fx: &mut Effects) -> bool {
+    let Some(token) = link.policy.receive_token() else {
+        return link.policy.can_receive(topic);
+    };
+    let known = fx
+        .receive_memo
+        .iter()
+        .rev()
+        .take(RECEIVE_MEMO_LOOKBACK)
+        .find(|(t, name, _)| *t == token && name == topic);
+    if let Some(&(_, _, allowed)) = known {
+        return allowed;
+    }
+    let allowed = link.policy.can_receive(topic);
+    fx.receive_memo.push((token, topic.clone(), allowed));
+    allowed
 }
 
 /// Whether the frame of `d` for `link` is the same for every receiver of its version (no
@@ -637,6 +667,77 @@ mod tests {
             aliases: OutAliases::new(0),
         });
         rx
+    }
+
+    /// A policy that allows receiving `allowed` only and counts how often it was asked.
+    struct CountingPolicy {
+        token: Option<u64>,
+        allowed: &'static str,
+        asked: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl crate::ConnectionPolicy for CountingPolicy {
+        fn can_publish(&self, _topic: &str, _retain: bool) -> bool {
+            true
+        }
+        fn can_subscribe(&self, _filter: &str) -> bool {
+            true
+        }
+        fn can_receive(&self, topic: &str) -> bool {
+            self.asked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            topic == self.allowed
+        }
+        fn receive_token(&self) -> Option<u64> {
+            self.token
+        }
+    }
+
+    #[test]
+    fn receivers_with_the_same_receive_token_are_asked_once_per_topic() {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // 10 receivers sharing token 7, 3 with token 8, 2 deciding for themselves.
+        let tokens = [Some(7); 10]
+            .into_iter()
+            .chain([Some(8); 3])
+            .chain([None; 2]);
+        let mut receivers: Vec<(Session, crate::outbound::OutboundRx)> = tokens
+            .map(|token| {
+                let mut s = Session::new(Arc::from("r"), ProtocolVersion::V5, 0);
+                let rx = online(&mut s, 16);
+                if let Some(link) = s.conn.as_mut() {
+                    link.policy = Arc::new(CountingPolicy {
+                        token,
+                        allowed: "fleet/cmd",
+                        asked: asked.clone(),
+                    });
+                }
+                (s, rx)
+            })
+            .collect();
+        let mut fx = Effects::new(0, 10);
+        for topic in ["fleet/cmd", "fleet/secret"] {
+            let msg = delivery(topic, QoS::AtMostOnce).msg;
+            for (s, _) in &mut receivers {
+                let d = Delivery {
+                    msg: msg.clone(),
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    sub_ids: Vec::new(),
+                    seq: None,
+                };
+                s.offer(d, &mut fx);
+            }
+        }
+        // Per topic: once for token 7, once for token 8, and twice for the two without.
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 2 * 4);
+        for (_, rx) in &mut receivers {
+            let got = rx.try_recv().expect("fleet/cmd is delivered");
+            let mut wire = bytes::BytesMut::new();
+            got.copy_to(&mut wire);
+            assert!(wire.windows(9).any(|w| w == b"fleet/cmd"));
+            assert!(rx.try_recv().is_none(), "fleet/secret is not");
+        }
     }
 
     #[test]

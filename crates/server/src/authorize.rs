@@ -55,8 +55,13 @@ struct Inner {
     /// and texts, so that connections under the same set (a fleet-wide policy, the
     /// development policy) share one instead of a copy each. Never stale: the same texts
     /// always compile the same way.
-    shared_sets: Mutex<HashMap<String, Weak<CompiledPolicies>>>,
+    /// Each with its receive token (see `ConnectionPolicy::receive_token`).
+    shared_sets: Mutex<HashMap<String, (Weak<CompiledPolicies>, u64)>>,
 }
+
+/// Tokens of shared policy sets: each compiled instance gets its own, never reused, so
+/// that two connections give the same token only while they share one instance.
+static NEXT_RECEIVE_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 /// Entries of `Inner::shared_sets` above which the ones no connection uses are dropped.
 const SHARED_SETS: usize = 1024;
@@ -113,8 +118,9 @@ struct Facts {
     policies: PolicySet,
     thing: Option<ThingContext>,
     certificate: Option<thingd_policy::CertificateContext>,
-    /// The compiled policies, when they do not depend on the connection.
-    shared: Option<Arc<CompiledPolicies>>,
+    /// The compiled policies and their receive token, when they do not depend on the
+    /// connection.
+    shared: Option<(Arc<CompiledPolicies>, u64)>,
 }
 
 impl PolicyAuthorizer {
@@ -235,18 +241,22 @@ impl Inner {
         }))
     }
 
-    /// The one compiled instance of a policy set that does not depend on the connection.
-    fn shared_set(&self, key: String, policies: &PolicySet) -> Arc<CompiledPolicies> {
+    /// The one compiled instance of a policy set that does not depend on the connection,
+    /// and its receive token.
+    fn shared_set(&self, key: String, policies: &PolicySet) -> (Arc<CompiledPolicies>, u64) {
         let mut sets = self.shared_sets.lock();
-        if let Some(compiled) = sets.get(&key).and_then(Weak::upgrade) {
-            return compiled;
+        if let Some((set, token)) = sets.get(&key)
+            && let Some(compiled) = set.upgrade()
+        {
+            return (compiled, *token);
         }
         let compiled = Arc::new(policies.compile(&self.arns, &Variables::default()));
+        let token = NEXT_RECEIVE_TOKEN.fetch_add(1, Ordering::Relaxed);
         if sets.len() >= SHARED_SETS {
-            sets.retain(|_, set| set.strong_count() > 0);
+            sets.retain(|_, (set, _)| set.strong_count() > 0);
         }
-        sets.insert(key, Arc::downgrade(&compiled));
-        compiled
+        sets.insert(key, (Arc::downgrade(&compiled), token));
+        (compiled, token)
     }
 }
 
@@ -268,11 +278,20 @@ struct Identity {
     attributes: ConnectAttributes,
 }
 
+/// A connection's authorizer, and its receive token when its policies are a shared set.
+struct Compiled {
+    authorizer: ConnectionAuthorizer,
+    receive_token: Option<u64>,
+}
+
 impl Identity {
-    fn compile(&self, inner: &Inner) -> Result<ConnectionAuthorizer, StoreError> {
+    fn compile(&self, inner: &Inner) -> Result<Compiled, StoreError> {
         let facts = inner.facts(&self.certificate_id, &self.client_id)?;
-        if let Some(shared) = &facts.shared {
-            return Ok(ConnectionAuthorizer::new(shared.clone()));
+        if let Some((shared, token)) = &facts.shared {
+            return Ok(Compiled {
+                authorizer: ConnectionAuthorizer::new(shared.clone()),
+                receive_token: Some(*token),
+            });
         }
         let variables = Variables {
             client_id: Some(self.client_id.clone()),
@@ -282,9 +301,10 @@ impl Identity {
             source_ip: Some(self.source_ip),
             connect_attributes: self.attributes,
         };
-        Ok(ConnectionAuthorizer::new(
-            facts.policies.compile(&inner.arns, &variables),
-        ))
+        Ok(Compiled {
+            authorizer: ConnectionAuthorizer::new(facts.policies.compile(&inner.arns, &variables)),
+            receive_token: None,
+        })
     }
 }
 
@@ -292,33 +312,39 @@ impl Identity {
 struct LivePolicy {
     inner: Arc<Inner>,
     identity: Identity,
-    compiled: RwLock<(u64, Arc<ConnectionAuthorizer>)>,
+    compiled: RwLock<(u64, Arc<Compiled>)>,
 }
 
 impl LivePolicy {
-    /// `decide` with the connection's authorizer for the registry as it is now (recompiled
-    /// if the registry changed); false if the registry cannot be read. Runs under the read
-    /// lock when nothing changed: it is on every delivery's path.
-    fn decide(&self, decide: impl FnOnce(&ConnectionAuthorizer) -> bool) -> bool {
+    /// `f` of the connection's compiled policies for the registry as it is now (recompiled
+    /// if the registry changed); `None` if the registry cannot be read, which callers take
+    /// as a refusal. Runs under the read lock when nothing changed: it is on every
+    /// delivery's path.
+    fn with_current<R>(&self, f: impl FnOnce(&Compiled) -> R) -> Option<R> {
         let generation = self.inner.generation.load(Ordering::SeqCst);
         {
             let compiled = self.compiled.read();
             if compiled.0 == generation {
-                return decide(&compiled.1);
+                return Some(f(&compiled.1));
             }
         }
         match self.identity.compile(&self.inner) {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 *self.compiled.write() = (generation, fresh.clone());
-                decide(&fresh)
+                Some(f(&fresh))
             }
             Err(error) => {
                 // Fail closed: no decision can be made without the registry.
                 tracing::warn!(%error, client_id = self.identity.client_id, "cannot read the policies; denying");
-                false
+                None
             }
         }
+    }
+
+    fn decide(&self, decide: impl FnOnce(&ConnectionAuthorizer) -> bool) -> bool {
+        self.with_current(|c| decide(&c.authorizer))
+            .unwrap_or(false)
     }
 }
 
@@ -331,6 +357,9 @@ impl ConnectionPolicy for LivePolicy {
     }
     fn can_receive(&self, topic: &str) -> bool {
         self.decide(|p| p.can_receive(topic))
+    }
+    fn receive_token(&self) -> Option<u64> {
+        self.with_current(|c| c.receive_token).flatten()
     }
 }
 
@@ -368,7 +397,7 @@ impl Authorizer for PolicyAuthorizer {
             tracing::warn!(%error, client_id, "cannot read the policies; refusing the connection");
             ReasonCode::ServerUnavailable
         })?;
-        if !compiled.can_connect(client_id) {
+        if !compiled.authorizer.can_connect(client_id) {
             tracing::debug!(
                 client_id,
                 principal,
