@@ -26,18 +26,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde_json::{Map, Value, json};
-use thingd_broker::{Broker, ClientError, InternalClient};
-use thingd_mqtt::{ByteStr, Properties, QoS};
+use thingd_broker::Broker;
+use thingd_mqtt::{ByteStr, Properties, QoS, ReasonCode};
 use thingd_shadow::service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ShadowService};
 use thingd_shadow::{ShadowError, ShadowId, ThingName};
 use thingd_sigv4::{Secret, Verifier};
 
 use crate::ApiError;
-
-/// The client id HTTPS publishes are sent with.
-pub const PUBLISH_CLIENT_ID: &str = "$thingd/iot-data";
 
 /// Largest request body read (a publish payload or shadow update is at most 128 KiB; a bit
 /// more is read so that the right error, 413, can be given).
@@ -53,7 +50,7 @@ const MAX_RETAINED_PAGE: usize = 200;
 pub struct DataPlaneState {
     /// The Device Shadow service.
     pub shadows: ShadowService,
-    /// The broker (retained messages, and the publisher's connection).
+    /// The broker (publishes and retained messages).
     pub broker: Broker,
     /// The SigV4 verifier (`iotdata`, `iotdevicegateway`).
     pub verifier: Verifier,
@@ -64,18 +61,15 @@ pub struct DataPlaneState {
     pub cert_authorizer: Option<Arc<dyn crate::cert_auth::HttpAuthorizer>>,
     /// Region and account of this installation, for the resource ARNs of those requests.
     pub arn_prefix: String,
-    publisher: Mutex<Arc<InternalClient>>,
 }
 
 impl DataPlaneState {
-    /// The state for [`data_plane`], with the `iot-data` verifier. Call inside a tokio
-    /// runtime (it opens the publisher's in-process connection).
+    /// The state for [`data_plane`], with the `iot-data` verifier.
     pub fn new(
         shadows: ShadowService,
         broker: Broker,
         credentials: Arc<RwLock<HashMap<String, Secret>>>,
     ) -> DataPlaneState {
-        let publisher = Arc::new(broker.internal_client(PUBLISH_CLIENT_ID));
         DataPlaneState {
             shadows,
             broker,
@@ -83,7 +77,6 @@ impl DataPlaneState {
             credentials,
             cert_authorizer: None,
             arn_prefix: "arn:aws:iot:us-east-1:123456789012:".to_owned(),
-            publisher: Mutex::new(publisher),
         }
     }
 
@@ -100,8 +93,9 @@ impl DataPlaneState {
         self
     }
 
-    /// Publishes through the in-process client, reconnecting it once if its connection was
-    /// closed.
+    /// Publishes straight into the broker: the message is routed (and a retained one stored
+    /// in memory) before this returns, so a GetRetainedMessage that follows sees it; a QoS 1
+    /// publish also waits until what must be durable is committed.
     async fn publish(
         &self,
         topic: &str,
@@ -109,24 +103,14 @@ impl DataPlaneState {
         qos: QoS,
         retain: bool,
         properties: Properties,
-    ) -> Result<(), ClientError> {
-        let client = self.publisher.lock().clone();
-        let first = client
-            .publish_with(topic, payload.clone(), qos, retain, properties.clone())
-            .await;
-        if first != Err(ClientError::Closed) {
-            return first;
+    ) -> Result<(), ReasonCode> {
+        let stored = self
+            .broker
+            .publish_with(topic, payload, qos, retain, &properties)?;
+        if qos != QoS::AtMostOnce && !stored.await.unwrap_or(false) {
+            return Err(ReasonCode::UnspecifiedError);
         }
-        let fresh = {
-            let mut slot = self.publisher.lock();
-            if Arc::ptr_eq(&slot, &client) {
-                *slot = Arc::new(self.broker.internal_client(PUBLISH_CLIENT_ID));
-            }
-            slot.clone()
-        };
-        fresh
-            .publish_with(topic, payload, qos, retain, properties)
-            .await
+        Ok(())
     }
 }
 
@@ -586,18 +570,13 @@ async fn publish(
         state
             .publish(&topic, payload, qos, retain, properties)
             .await
-            .map_err(|e| match e {
-                ClientError::Refused(thingd_mqtt::ReasonCode::NotAuthorized) => {
-                    DataError::new(403, "ForbiddenException", "Forbidden")
-                }
-                ClientError::Refused(rc) => {
-                    DataError::invalid(format!("The broker refused the message: {rc:?}"))
-                }
-                ClientError::Closed => DataError::new(
+            .map_err(|rc| match rc {
+                ReasonCode::UnspecifiedError => DataError::new(
                     503,
                     "ServiceUnavailableException",
-                    "The service is temporarily unavailable.",
+                    "The message could not be stored; try again.",
                 ),
+                rc => DataError::invalid(format!("The broker refused the message: {rc:?}")),
             })?;
         let body = json!({"message": "OK", "traceId": trace});
         Ok(json_response(body.to_string().into_bytes()))

@@ -344,18 +344,56 @@ impl Broker {
         qos: thingd_mqtt::QoS,
         retain: bool,
     ) -> Result<tokio::sync::oneshot::Receiver<bool>, thingd_mqtt::ReasonCode> {
+        self.publish_with(
+            topic,
+            payload,
+            qos,
+            retain,
+            &thingd_mqtt::Properties::default(),
+        )
+    }
+
+    /// [`Broker::publish`] with the properties of an MQTT 5 PUBLISH: those a receiver gets
+    /// (payload format, content type, response topic, correlation data, user properties)
+    /// and the Message Expiry Interval. The message is routed, and stored as retained,
+    /// before this returns. Refused with the reason code a client's PUBLISH would get: an
+    /// invalid topic or Response Topic, a payload over `max_payload`, a QoS over the
+    /// maximum.
+    pub fn publish_with(
+        &self,
+        topic: impl Into<thingd_mqtt::ByteStr>,
+        payload: bytes::Bytes,
+        qos: thingd_mqtt::QoS,
+        retain: bool,
+        properties: &thingd_mqtt::Properties,
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, thingd_mqtt::ReasonCode> {
+        use thingd_mqtt::ReasonCode;
         let shared = &self.shared;
+        let cfg = &shared.config;
         let topic = topic.into();
-        if reserved::check_publish_topic(&topic, &shared.config.topic_limits()).is_err() {
-            return Err(thingd_mqtt::ReasonCode::TopicNameInvalid);
+        if reserved::check_publish_topic(&topic, &cfg.topic_limits()).is_err() {
+            return Err(ReasonCode::TopicNameInvalid);
         }
+        if let Some(response_topic) = &properties.response_topic
+            && (response_topic.is_empty() || response_topic.contains(['+', '#']))
+        {
+            return Err(ReasonCode::ProtocolError);
+        }
+        if payload.len() > cfg.max_payload {
+            return Err(ReasonCode::PacketTooLarge);
+        }
+        if qos > cfg.max_qos() {
+            return Err(ReasonCode::QoSNotSupported);
+        }
+        let now = shared.clock.now_ms();
+        let expiry = properties.message_expiry_interval.map(|s| s.max(1));
         let msg = std::sync::Arc::new(message::AppMsg {
             topic,
             payload,
             qos,
             retain,
-            props: thingd_mqtt::Properties::default(),
-            expires_at: None,
+            props: message::forwardable(properties),
+            expires_at: message::expiry_from(expiry, cfg.max_message_expiry, now),
             origin: None,
             frames: Default::default(),
         });

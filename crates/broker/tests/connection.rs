@@ -1341,3 +1341,76 @@ async fn publishes_over_the_per_connection_rate_are_refused_with_quota_exceeded(
         .await;
     assert_eq!(sub.receive().await.payload.as_ref(), b"later");
 }
+
+#[tokio::test]
+async fn in_process_publishes_carry_v5_properties_and_are_refused_like_a_clients() {
+    let h = Harness::new();
+    let mut s = h.client(V5, "listener").await;
+    s.subscribe("svc/#", QoS::AtLeastOnce).await;
+    let properties = Properties {
+        content_type: Some(ByteStr::from("application/json")),
+        response_topic: Some(ByteStr::from("svc/replies")),
+        message_expiry_interval: Some(60),
+        // Not forwarded: a receiver gets its own.
+        topic_alias: Some(3),
+        ..Properties::default()
+    };
+    let stored = h
+        .broker
+        .publish_with(
+            "svc/state",
+            Bytes::from_static(b"{}"),
+            QoS::AtLeastOnce,
+            true,
+            &properties,
+        )
+        .expect("accepted");
+    assert!(stored.await.expect("answered"));
+    // Routed and retained before publish_with returned.
+    assert!(h.broker.retained_message("svc/state").is_some());
+    let got = s.receive().await;
+    assert_eq!(
+        got.properties.content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        got.properties.response_topic.as_deref(),
+        Some("svc/replies")
+    );
+    assert!(matches!(
+        got.properties.message_expiry_interval,
+        Some(59..=60)
+    ));
+    assert_eq!(got.properties.topic_alias, None);
+
+    let refused = |topic: &str, payload: usize, properties: &Properties| {
+        h.broker
+            .publish_with(
+                topic,
+                Bytes::from(vec![0u8; payload]),
+                QoS::AtMostOnce,
+                false,
+                properties,
+            )
+            .err()
+    };
+    let wildcard_reply = Properties {
+        response_topic: Some(ByteStr::from("svc/+")),
+        ..Properties::default()
+    };
+    let none = Properties::default();
+    assert_eq!(
+        refused("svc/#", 1, &none),
+        Some(ReasonCode::TopicNameInvalid)
+    );
+    assert_eq!(
+        refused("svc/x", 1, &wildcard_reply),
+        Some(ReasonCode::ProtocolError)
+    );
+    let too_big = h.config.max_payload + 1;
+    assert_eq!(
+        refused("svc/x", too_big, &none),
+        Some(ReasonCode::PacketTooLarge)
+    );
+    s.expect_nothing().await;
+}
