@@ -399,21 +399,18 @@ impl Conn {
         if reason.is_error() {
             properties.reason_string = self.reason_string("not authorized");
         }
-        self.acks.push_back(PendingAck {
-            packet: Packet::PubResp(PubResp {
-                kind,
-                packet_id: pid,
-                reason,
-                properties,
-            }),
-            wait,
-            ok: true,
+        let resp = Packet::PubResp(PubResp {
+            kind,
+            packet_id: pid,
+            reason,
+            properties,
         });
+        self.push_pending(resp, wait);
     }
 
-    /// Queues a SUBACK or UNSUBACK behind the acknowledgements before it, to be sent once the
-    /// session change it reports is durable (at once if nothing had to be stored).
-    fn push_session_ack(&mut self, packet: Packet, wait: Option<oneshot::Receiver<bool>>) {
+    /// Queues an acknowledgement behind those before it, to be sent once `wait` (if any)
+    /// says what it acknowledges is durable.
+    fn push_pending(&mut self, packet: Packet, wait: Option<oneshot::Receiver<bool>>) {
         self.acks.push_back(PendingAck {
             packet,
             wait,
@@ -791,10 +788,10 @@ impl Conn {
         }
         // The SUBACK of a persistent session waits for its subscriptions to be stored (and
         // for the retained messages just queued for it), so that what was acknowledged
-        // survives a crash. MQTT lets the matching messages go out before the SUBACK.
-        let must_wait = !fx.durable.is_empty();
+        // survives a crash; with nothing to store, `commit` has already answered. MQTT lets
+        // the matching messages go out before the SUBACK.
         let stored = self.shared.commit(fx);
-        self.push_session_ack(suback, must_wait.then_some(stored));
+        self.push_pending(suback, Some(stored));
         Ok(())
     }
 
@@ -866,9 +863,8 @@ impl Conn {
             reasons,
             properties: Properties::default(),
         });
-        let must_wait = !fx.durable.is_empty();
         let stored = self.shared.commit(fx);
-        self.push_session_ack(unsuback, must_wait.then_some(stored));
+        self.push_pending(unsuback, Some(stored));
         Ok(())
     }
 
