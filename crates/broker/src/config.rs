@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use thingd_mqtt::ReasonCode;
 use thingd_topic::TopicLimits;
 
 use crate::BrokerConfig;
@@ -36,6 +37,36 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// Why a PUBLISH with this topic, these properties, a payload of `payload_len` bytes and
+    /// `qos` must be refused: the reason code and a text for the log. Shared by clients'
+    /// PUBLISHes and in-process publishes.
+    pub(crate) fn check_publish(
+        &self,
+        topic: &str,
+        properties: &thingd_mqtt::Properties,
+        payload_len: usize,
+        qos: thingd_mqtt::QoS,
+    ) -> Result<(), (ReasonCode, &'static str)> {
+        crate::reserved::check_publish_topic(topic, &self.topic_limits())
+            .map_err(|why| (ReasonCode::TopicNameInvalid, why))?;
+        // MQTT-3.3.2-14: a Response Topic is a topic name, never a filter.
+        if let Some(response_topic) = &properties.response_topic
+            && (response_topic.is_empty() || response_topic.contains(['+', '#']))
+        {
+            return Err((
+                ReasonCode::ProtocolError,
+                "response topic must be a topic name",
+            ));
+        }
+        if payload_len > self.max_payload {
+            return Err((ReasonCode::PacketTooLarge, "payload too large"));
+        }
+        if qos > self.max_qos() {
+            return Err((ReasonCode::QoSNotSupported, "QoS not supported"));
+        }
+        Ok(())
+    }
+
     /// The topic limits for the topic crate.
     pub(crate) fn topic_limits(&self) -> TopicLimits {
         TopicLimits {

@@ -478,30 +478,8 @@ impl Conn {
         } else {
             p.topic
         };
-        if let Err(why) = reserved::check_publish_topic(&topic, &cfg.topic_limits()) {
-            return Err(End::Violation(ReasonCode::TopicNameInvalid, why));
-        }
-        // MQTT-3.3.2-14: a Response Topic is a topic name, never a filter.
-        if let Some(response_topic) = &p.properties.response_topic
-            && (response_topic.is_empty() || response_topic.contains(['+', '#']))
-        {
-            return Err(End::Violation(
-                ReasonCode::ProtocolError,
-                "response topic must be a topic name",
-            ));
-        }
-        if p.payload.len() > cfg.max_payload {
-            return Err(End::Violation(
-                ReasonCode::PacketTooLarge,
-                "payload too large",
-            ));
-        }
-        if p.qos > cfg.max_qos() {
-            return Err(End::Violation(
-                ReasonCode::QoSNotSupported,
-                "QoS not supported",
-            ));
-        }
+        cfg.check_publish(&topic, &p.properties, p.payload.len(), p.qos)
+            .map_err(|(code, why)| End::Violation(code, why))?;
         let pid = p.packet_id.unwrap_or(0);
         if p.qos != QoS::AtMostOnce && self.v5() {
             let waiting = self

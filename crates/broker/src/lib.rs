@@ -367,24 +367,11 @@ impl Broker {
         retain: bool,
         properties: &thingd_mqtt::Properties,
     ) -> Result<tokio::sync::oneshot::Receiver<bool>, thingd_mqtt::ReasonCode> {
-        use thingd_mqtt::ReasonCode;
         let shared = &self.shared;
         let cfg = &shared.config;
         let topic = topic.into();
-        if reserved::check_publish_topic(&topic, &cfg.topic_limits()).is_err() {
-            return Err(ReasonCode::TopicNameInvalid);
-        }
-        if let Some(response_topic) = &properties.response_topic
-            && (response_topic.is_empty() || response_topic.contains(['+', '#']))
-        {
-            return Err(ReasonCode::ProtocolError);
-        }
-        if payload.len() > cfg.max_payload {
-            return Err(ReasonCode::PacketTooLarge);
-        }
-        if qos > cfg.max_qos() {
-            return Err(ReasonCode::QoSNotSupported);
-        }
+        cfg.check_publish(&topic, properties, payload.len(), qos)
+            .map_err(|(code, _)| code)?;
         let now = shared.clock.now_ms();
         let expiry = properties.message_expiry_interval.map(|s| s.max(1));
         let msg = std::sync::Arc::new(message::AppMsg {
