@@ -243,20 +243,16 @@ impl Shared {
             });
         }
         direct.sort_unstable_by_key(|(session, _)| *session);
-        let mut merged: Vec<Target> = Vec::with_capacity(direct.len());
-        let mut last = None;
-        for (session, t) in direct {
-            match merged.last_mut() {
-                Some(prev) if last == Some(session) => {
-                    prev.qos = prev.qos.max(t.qos);
-                    prev.rap |= t.rap;
-                    prev.ids.extend(t.ids);
-                }
-                _ => merged.push(t),
+        direct.dedup_by(|(session, t), (kept_session, kept)| {
+            let same = session == kept_session;
+            if same {
+                kept.qos = kept.qos.max(t.qos);
+                kept.rap |= t.rap;
+                kept.ids.append(&mut t.ids);
             }
-            last = Some(session);
-        }
-        for t in merged {
+            same
+        });
+        for (_, t) in direct {
             let d = Delivery {
                 msg: msg.clone(),
                 qos: msg.qos.min(t.qos),

@@ -1414,3 +1414,35 @@ async fn in_process_publishes_carry_v5_properties_and_are_refused_like_a_clients
     );
     s.expect_nothing().await;
 }
+
+#[tokio::test]
+async fn overlapping_subscriptions_get_one_copy_with_the_highest_qos_and_every_identifier() {
+    let h = Harness::new();
+    let mut fans = Vec::new();
+    for id in ["fan-1", "fan-2", "fan-3"] {
+        let mut c = h.client(V5, id).await;
+        for (filter, qos, sub_id) in [("o/+", QoS::AtMostOnce, 1), ("o/#", QoS::AtLeastOnce, 2)] {
+            let opts = SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            };
+            let props = Properties {
+                subscription_identifiers: vec![sub_id],
+                ..Properties::default()
+            };
+            c.subscribe_with(filter, opts, props).await;
+        }
+        fans.push(c);
+    }
+    let mut p = h.client(V5, "source").await;
+    p.publish("o/x", b"once", QoS::AtLeastOnce, false).await;
+    for c in &mut fans {
+        let m = c.receive().await;
+        assert_eq!(&m.payload[..], b"once");
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+        let mut ids = m.properties.subscription_identifiers.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2]);
+        c.expect_nothing().await;
+    }
+}
