@@ -243,7 +243,7 @@ impl Broker {
         &self,
         stream: S,
         info: ConnectionInfo,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    ) -> impl std::future::Future<Output = ()> + Send + 'static + use<S>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -57,11 +58,10 @@ pub(crate) async fn accept_loop<F, Fut>(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
-                let fut = handle(stream, peer);
-                tokio::spawn(async move {
-                    fut.await;
-                    drop(permit);
-                });
+                // The permit rides in `map`'s closure: an `async` block awaiting the
+                // connection's future would hold it twice (captured and being awaited), and
+                // for a plain TCP connection that future is most of its memory.
+                tokio::spawn(handle(stream, peer).map(move |()| drop(permit)));
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed; retrying in {:?}", backoff);

@@ -66,16 +66,15 @@ pub async fn serve_mqtt_plain(
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) {
+    // No `async` block around the connection's future: it would keep a second copy of the
+    // stream for the connection's life.
     accept_loop(listener, &limits, shutdown, move |stream, peer| {
-        let broker = broker.clone();
-        async move {
-            let info = ConnectionInfo {
-                remote_addr: peer,
-                principal: None,
-                listener: "mqtt",
-            };
-            broker.serve_connection(stream, info).await;
-        }
+        let info = ConnectionInfo {
+            remote_addr: peer,
+            principal: None,
+            listener: "mqtt",
+        };
+        broker.serve_connection(stream, info)
     })
     .await;
 }
