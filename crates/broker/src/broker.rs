@@ -322,7 +322,7 @@ impl Shared {
         clean_start: bool,
         expiry: u32,
         link: Link,
-        will: Option<Will>,
+        will: Option<Box<Will>>,
     ) -> Attached {
         let mut out = Attached {
             cell: Arc::new(Mutex::new(Session::new(client_id.clone(), version, expiry))),
@@ -350,7 +350,8 @@ impl Shared {
             // Sessions do not resume across protocol versions (AWS rule).
             if !clean_start && !expired && s.version == version {
                 // Resume. MQTT 5: a Will with a delay is not sent when the session resumes.
-                out.wills.extend(old_will.filter(|w| w.delay == 0));
+                out.wills
+                    .extend(old_will.filter(|w| w.delay == 0).map(|w| *w));
                 drop(pending);
                 s.expiry = expiry;
                 s.disconnected_at_ms = None;
@@ -376,8 +377,8 @@ impl Shared {
                 out.cell = cell;
                 return out;
             }
-            out.wills.extend(old_will);
-            out.wills.extend(pending.map(|(_, w)| w));
+            out.wills.extend(old_will.map(|w| *w));
+            out.wills.extend(pending.map(|(_, w)| *w));
             if s.stored {
                 out.store_ops.push(WriteOp::DeleteSession {
                     client_id: client_id.to_string(),
@@ -444,7 +445,7 @@ impl Shared {
         let will = s.will.take().filter(|_| with_will);
         let now = self.clock.now_ms();
         if !s.persistent() {
-            wills.extend(will);
+            wills.extend(will.map(|w| *w));
             if s.stored {
                 self.store.write_detached(vec![WriteOp::DeleteSession {
                     client_id: s.client_id.to_string(),
@@ -464,7 +465,7 @@ impl Shared {
             w.msg.expires_at =
                 crate::message::expiry_from(w.expiry_interval, self.config.max_message_expiry, now);
             if w.delay == 0 {
-                wills.push(w);
+                wills.push(*w);
             } else {
                 let gen_id = self.will_gen.fetch_add(1, Ordering::Relaxed);
                 let after = w.delay.min(s.expiry);
@@ -493,7 +494,7 @@ impl Shared {
                 continue;
             }
             tracing::debug!(client_id = %s.client_id, "session expired");
-            wills.extend(s.pending_will.take().map(|(_, w)| w));
+            wills.extend(s.pending_will.take().map(|(_, w)| *w));
             if s.stored {
                 self.store.write_detached(vec![WriteOp::DeleteSession {
                     client_id: s.client_id.to_string(),

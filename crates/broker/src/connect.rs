@@ -320,20 +320,22 @@ async fn accept(
             0
         }),
     };
-    let will = c.will.as_ref().map(|w| Will {
-        msg: AppMsg {
-            topic: w.topic.clone(),
-            payload: w.payload.clone(),
-            qos: w.qos,
-            retain: w.retain,
-            props: forwardable(&w.properties),
-            expires_at: None,
-            origin: Some(client_id.clone()),
-            frames: Default::default(),
-        },
-        expiry_interval: w.properties.message_expiry_interval,
-        delay: w.properties.will_delay_interval.unwrap_or(0),
-        policy: policy.clone(),
+    let will = c.will.as_ref().map(|w| {
+        Box::new(Will {
+            msg: AppMsg {
+                topic: w.topic.clone(),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                props: forwardable(&w.properties),
+                expires_at: None,
+                origin: Some(client_id.clone()),
+                frames: Default::default(),
+            },
+            expiry_interval: w.properties.message_expiry_interval,
+            delay: w.properties.will_delay_interval.unwrap_or(0),
+            policy: policy.clone(),
+        })
     });
     let attached = shared.attach(&client_id, c.protocol, c.clean_start, expiry, link, will);
     if !attached.store_ops.is_empty()

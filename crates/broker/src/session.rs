@@ -138,10 +138,11 @@ pub(crate) struct Session {
     ids_issued: u64,
     pub(crate) next_seq: u64,
     pub(crate) conn: Option<Link>,
-    /// The live connection's Will.
-    pub(crate) will: Option<Will>,
+    /// The live connection's Will. Both Will fields are boxed: a Will is over 500 bytes and
+    /// most sessions have none.
+    pub(crate) will: Option<Box<Will>>,
     /// A delayed Will of a closed connection: (generation, will).
-    pub(crate) pending_will: Option<(u64, Will)>,
+    pub(crate) pending_will: Option<(u64, Box<Will>)>,
     pub(crate) disconnected_at_ms: Option<u64>,
     /// Removed from the broker; late operations must do nothing.
     pub(crate) ended: bool,
@@ -557,6 +558,15 @@ fn build_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every session, online or not, holds its Will fields: inline, two Wills (each with a
+    /// message and its properties) made a session 1,504 bytes; boxed they cost only the
+    /// sessions that have a Will.
+    #[test]
+    fn a_session_keeps_its_wills_out_of_line() {
+        assert!(size_of::<Will>() > 500);
+        assert!(size_of::<Session>() <= 512, "{}", size_of::<Session>());
+    }
     use crate::message::AppMsg;
 
     fn delivery(topic: &str, qos: QoS) -> Delivery {

@@ -74,7 +74,7 @@ pub(crate) fn schedule(
         };
         if let Some(w) = will {
             tracing::debug!(client_id = %client_id, "will delay elapsed");
-            shared.publish_will(w);
+            shared.publish_will(*w);
         }
     });
 }
