@@ -5,7 +5,7 @@
 //! Lock order: `sessions` map → one session cell → `index` → retained. The fan-out reads the
 //! index, releases it, and only then locks the receiving sessions one at a time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Waker};
@@ -45,6 +45,10 @@ pub(crate) struct Shared {
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) clock: Clock,
     pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<SessionCell>>>,
+    /// Offline sessions that can expire, by the time they expire (ms) and cell address: the
+    /// sweep looks at these alone, not at every session a second. Taken after `sessions`
+    /// and a session's lock, never before.
+    expiring: Mutex<BTreeMap<(u64, usize), Arc<SessionCell>>>,
     pub(crate) index: RwLock<SubscriptionIndex<SubKey, SubVal>>,
     pub(crate) retained: Retained,
     next_conn_id: AtomicU64,
@@ -112,6 +116,7 @@ impl Shared {
             authorizer,
             clock: Clock::new(),
             sessions: Mutex::new(HashMap::new()),
+            expiring: Mutex::new(BTreeMap::new()),
             index: RwLock::new(SubscriptionIndex::new()),
             retained: Retained::default(),
             next_conn_id: AtomicU64::new(1),
@@ -355,6 +360,7 @@ impl Shared {
                 drop(pending);
                 s.expiry = expiry;
                 s.disconnected_at_ms = None;
+                self.unfile_expiry(&cell, &mut s);
                 s.conn = Some(link);
                 s.will = will;
                 let mut fx = self.effects();
@@ -423,8 +429,34 @@ impl Shared {
                 index.remove(inner, &key);
             }
         }
+        self.unfile_expiry(cell, s);
         s.end();
         metrics::sessions(map.len());
+    }
+
+    /// Files an offline session under the time its expiry ends it (unless it never does).
+    fn file_expiry(&self, cell: &Arc<SessionCell>, s: &mut Session) {
+        self.unfile_expiry(cell, s);
+        let Some(at) = s.disconnected_at_ms else {
+            return;
+        };
+        if s.expiry == u32::MAX {
+            return;
+        }
+        let due = at + u64::from(s.expiry) * 1000;
+        self.expiring
+            .lock()
+            .insert((due, Arc::as_ptr(cell) as usize), cell.clone());
+        s.expires_at_ms = Some(due);
+    }
+
+    /// Takes a session out of the expiry schedule (it came back online, or ended).
+    fn unfile_expiry(&self, cell: &Arc<SessionCell>, s: &mut Session) {
+        if let Some(due) = s.expires_at_ms.take() {
+            self.expiring
+                .lock()
+                .remove(&(due, Arc::as_ptr(cell) as usize));
+        }
     }
 
     /// A connection has closed. Ends its session or keeps it offline; returns the wills to
@@ -455,6 +487,7 @@ impl Shared {
             return wills;
         }
         s.disconnected_at_ms = Some(now);
+        self.file_expiry(cell, &mut s);
         s.stored = true;
         self.store
             .write_detached(vec![WriteOp::PutSession(session_record(
@@ -480,17 +513,30 @@ impl Shared {
     pub(crate) fn sweep(&self) -> Vec<Will> {
         let now = self.clock.now_ms();
         let mut wills = Vec::new();
+        let due: Vec<Arc<SessionCell>> = {
+            let mut expiring = self.expiring.lock();
+            let later = expiring.split_off(&(now + 1, 0));
+            std::mem::replace(&mut *expiring, later)
+                .into_values()
+                .collect()
+        };
+        if due.is_empty() {
+            return wills;
+        }
         let mut map = self.sessions.lock();
-        let cells: Vec<Arc<SessionCell>> = map.values().cloned().collect();
-        for cell in cells {
+        for cell in due {
             let mut s = cell.lock();
+            // Filed under a time that has passed; checked again, as the session may have
+            // come back meanwhile.
+            s.expires_at_ms = None;
             let Some(at) = s.disconnected_at_ms else {
                 continue;
             };
-            if s.conn.is_some() || s.expiry == u32::MAX {
+            if s.ended || s.conn.is_some() || s.expiry == u32::MAX {
                 continue;
             }
             if at + u64::from(s.expiry) * 1000 > now {
+                self.file_expiry(&cell, &mut s);
                 continue;
             }
             tracing::debug!(client_id = %s.client_id, "session expired");
@@ -579,6 +625,7 @@ impl Shared {
                     );
                     s.subs.insert(filter, sub);
                 }
+                self.file_expiry(&cell, &mut s);
             }
             self.sessions.lock().insert(client_id, cell);
         }

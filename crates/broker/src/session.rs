@@ -144,6 +144,8 @@ pub(crate) struct Session {
     /// A delayed Will of a closed connection: (generation, will).
     pub(crate) pending_will: Option<(u64, Box<Will>)>,
     pub(crate) disconnected_at_ms: Option<u64>,
+    /// When an offline session is filed to expire (`Shared::file_expiry`).
+    pub(crate) expires_at_ms: Option<u64>,
     /// Removed from the broker; late operations must do nothing.
     pub(crate) ended: bool,
     /// A row for this session exists in the store.
@@ -167,6 +169,7 @@ impl Session {
             will: None,
             pending_will: None,
             disconnected_at_ms: None,
+            expires_at_ms: None,
             ended: false,
             stored: false,
         }

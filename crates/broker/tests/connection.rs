@@ -1028,6 +1028,74 @@ async fn session_expiry_and_will_at_expiry() {
     assert!(!ack.session_present);
 }
 
+/// Sessions restored from the store expire on their own schedule too (the sweep looks only at
+/// sessions filed to expire, and a restored offline session is filed when it is loaded).
+#[tokio::test]
+async fn a_restored_offline_session_still_expires() {
+    let mut h = Harness::new();
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V5, "sleeper", false);
+    p.properties.session_expiry_interval = Some(2);
+    c.connect(p).await;
+    c.subscribe("x", QoS::AtLeastOnce).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.store.sessions().expect("sessions").len(), 1);
+    h.restart().await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    tokio::time::resume();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Gone from the store by the sweep, without the client coming back.
+    assert!(h.store.sessions().expect("sessions").is_empty());
+    let (_c, ack) = h.persistent(V5, "sleeper").await;
+    assert!(
+        !ack.session_present,
+        "the restored session outlived its expiry"
+    );
+}
+
+/// A session that came back and left again expires from its last disconnect, not the first.
+#[tokio::test]
+async fn a_session_expires_from_its_last_disconnect() {
+    let h = Harness::new();
+    let connect = |h: &Harness| {
+        let mut c = h.stream(None);
+        let mut p = connect_packet(V5, "roamer", false);
+        p.properties.session_expiry_interval = Some(2);
+        async move {
+            let ack = c.connect(p).await;
+            (c, ack)
+        }
+    };
+    let (mut c, _) = connect(&h).await;
+    c.subscribe("x", QoS::AtLeastOnce).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1000)).await;
+    tokio::time::resume();
+    let (c, ack) = connect(&h).await;
+    assert!(ack.session_present);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 2.5 s after the first disconnect, 1.5 s after the second: the session is still there.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    tokio::time::resume();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (c, ack) = connect(&h).await;
+    assert!(ack.session_present, "expired from the first disconnect");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    tokio::time::resume();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_c, ack) = connect(&h).await;
+    assert!(!ack.session_present, "the session outlived its expiry");
+}
+
 #[tokio::test]
 async fn crash_restore_treats_live_sessions_as_disconnected() {
     let h = Harness::new();
