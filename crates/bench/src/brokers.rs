@@ -305,7 +305,7 @@ id = 0
 
 [router]
 id = 0
-max_connections = 20000
+max_connections = 200000
 max_outgoing_packet_count = 200
 max_segment_size = 104857600
 max_segment_count = 10

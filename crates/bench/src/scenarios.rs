@@ -41,8 +41,14 @@ pub(crate) enum Scenario {
         shared: bool,
     },
     /// `pairs` publisher→subscriber pairs on their own topics, `rate` messages per second
-    /// each for `secs` seconds (QoS 1): latency under a steady load.
-    FixedRate { pairs: usize, rate: u64, secs: u64 },
+    /// each for `secs` seconds (QoS 1): latency under a steady load, with `held` more
+    /// connections open and idle all along (a broker holding a large fleet).
+    FixedRate {
+        pairs: usize,
+        rate: u64,
+        secs: u64,
+        held: usize,
+    },
     /// `conns` connections opened and held idle: broker memory per connection.
     Idle { conns: usize },
     /// Connect (TCP, TLS handshake, CONNECT/CONNACK) and disconnect, `parallel` at a time,
@@ -73,11 +79,15 @@ impl Scenario {
                     format!("fan-in {pubs}→1 QoS 1 16 B")
                 }
             }
-            Scenario::FixedRate { pairs, rate, .. } => {
-                format!(
-                    "{pairs}:{pairs} at {} msg/s QoS 1 16 B",
-                    *pairs as u64 * rate
-                )
+            Scenario::FixedRate {
+                pairs, rate, held, ..
+            } => {
+                let total = *pairs as u64 * rate;
+                if *held > 0 {
+                    format!("{pairs}:{pairs} at {total} msg/s QoS 1 16 B + {held} idle")
+                } else {
+                    format!("{pairs}:{pairs} at {total} msg/s QoS 1 16 B")
+                }
             }
             Scenario::Idle { conns } => format!("{conns} idle connections"),
             Scenario::Storm { parallel, .. } => format!("connect storm ({parallel} parallel)"),
@@ -94,7 +104,7 @@ impl Scenario {
             Scenario::OneToOne { .. } => 2,
             Scenario::FanOut { subs, .. } => subs + 1,
             Scenario::FanIn { pubs, .. } => pubs + 1,
-            Scenario::FixedRate { pairs, .. } => 2 * pairs,
+            Scenario::FixedRate { pairs, held, .. } => 2 * pairs + held,
             Scenario::Idle { conns } => *conns,
             Scenario::Storm { parallel, .. } => *parallel,
         }
@@ -178,7 +188,8 @@ pub(crate) async fn run(
     target: Target,
     tag: &str,
 ) -> anyhow::Result<Measured> {
-    let cap = Duration::from_secs(120);
+    // Opening connections takes time of its own (Mosquitto: about 500 mTLS handshakes/s).
+    let cap = Duration::from_secs(120 + scenario.connections() as u64 / 250);
     let work = async {
         match scenario {
             Scenario::OneToOne { qos, size, count } => {
@@ -221,9 +232,12 @@ pub(crate) async fn run(
                 )
                 .await
             }
-            Scenario::FixedRate { pairs, rate, secs } => {
-                fixed_rate(ep, target, tag, *pairs, *rate, *secs).await
-            }
+            Scenario::FixedRate {
+                pairs,
+                rate,
+                secs,
+                held,
+            } => fixed_rate(ep, target, tag, *pairs, *rate, *secs, *held).await,
             Scenario::Idle { conns } => idle(ep, target, tag, *conns).await,
             Scenario::Storm {
                 parallel,
@@ -488,6 +502,7 @@ async fn subscriber(
     Ok(hist)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn fixed_rate(
     ep: &Endpoint,
     target: Target,
@@ -495,7 +510,9 @@ async fn fixed_rate(
     pairs: usize,
     rate: u64,
     secs: u64,
+    held: usize,
 ) -> anyhow::Result<Measured> {
+    let idle = open_many(ep, &format!("{tag}-h"), held).await?;
     let mut subs = open_many(ep, &format!("{tag}-s"), pairs).await?;
     for (i, c) in subs.iter_mut().enumerate() {
         c.subscribe(&format!("bench/{tag}/{i}"), QoS::AtLeastOnce)
@@ -576,6 +593,13 @@ async fn fixed_rate(
     if let Some(first) = errors.first() {
         bail!("{} error(s), first: {first}", errors.len());
     }
+    let alive = still_open(idle).await?;
+    if alive != held as u64 {
+        bail!(
+            "{} of {held} idle connections were closed",
+            held as u64 - alive
+        );
+    }
     Ok(Measured {
         sent,
         expected: sent,
@@ -605,16 +629,7 @@ async fn idle(ep: &Endpoint, target: Target, tag: &str, n: usize) -> anyhow::Res
     // Let the broker settle, then check every connection is still open and take the RSS.
     tokio::time::sleep(settle).await;
     let rss1 = rss_kib(target.pid)?;
-    let mut alive = 0u64;
-    for mut c in conns {
-        c.queue(&Packet::PingReq)?;
-        c.flush().await?;
-        match c.recv_timeout(Duration::from_secs(10)).await? {
-            Some(Packet::PingResp) => alive += 1,
-            other => bail!("PINGREQ on an idle connection: got {other:?}"),
-        }
-        drop(c);
-    }
+    let alive = still_open(conns).await?;
     Ok(Measured {
         sent: n as u64,
         expected: n as u64,
@@ -625,6 +640,21 @@ async fn idle(ep: &Endpoint, target: Target, tag: &str, n: usize) -> anyhow::Res
         rss_per_conn_kib: Some((rss1 as f64 - rss0 as f64) / n as f64),
         lossy: false,
     })
+}
+
+/// Pings every connection (one at a time) and closes it; how many answered.
+async fn still_open(conns: Vec<Conn>) -> anyhow::Result<u64> {
+    let mut alive = 0u64;
+    for mut c in conns {
+        c.queue(&Packet::PingReq)?;
+        c.flush().await?;
+        match c.recv_timeout(Duration::from_secs(10)).await? {
+            Some(Packet::PingResp) => alive += 1,
+            other => bail!("PINGREQ on an idle connection: got {other:?}"),
+        }
+        drop(c);
+    }
+    Ok(alive)
 }
 
 async fn storm(
