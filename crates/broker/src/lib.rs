@@ -418,7 +418,7 @@ impl Broker {
                 topic: m.topic.to_string(),
                 payload: m.payload.clone(),
                 qos: m.qos,
-                properties: m.props.clone(),
+                properties: m.props.as_deref().cloned().unwrap_or_default(),
             })
             .collect()
     }

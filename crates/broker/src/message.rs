@@ -44,8 +44,10 @@ pub(crate) struct AppMsg {
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
-    /// Only the properties forwarded to receivers (see `forwardable`).
-    pub(crate) props: Properties,
+    /// Only the properties forwarded to receivers (see `forwardable`); `None` when there are
+    /// none, as for most messages (boxed: a `Properties` is 400 bytes, and a message waiting
+    /// in a queue costs what this struct does).
+    pub(crate) props: Option<Box<Properties>>,
     /// Absolute expiry, Unix milliseconds.
     pub(crate) expires_at: Option<u64>,
     /// The publishing client id, for No Local.
@@ -119,15 +121,22 @@ impl AppMsg {
 
 /// The properties a receiver gets from the publisher, in order: Payload Format Indicator,
 /// Content Type, Response Topic, Correlation Data, User Properties.
-pub(crate) fn forwardable(p: &Properties) -> Properties {
-    Properties {
-        payload_format_indicator: p.payload_format_indicator,
-        content_type: p.content_type.clone(),
-        response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone(),
-        user_properties: p.user_properties.clone(),
-        ..Properties::default()
-    }
+pub(crate) fn forwardable(p: &Properties) -> Option<Box<Properties>> {
+    let none = p.payload_format_indicator.is_none()
+        && p.content_type.is_none()
+        && p.response_topic.is_none()
+        && p.correlation_data.is_none()
+        && p.user_properties.is_empty();
+    (!none).then(|| {
+        Box::new(Properties {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            ..Properties::default()
+        })
+    })
 }
 
 /// The absolute expiry for a Message Expiry Interval, clamped to `max_secs`.
@@ -155,10 +164,16 @@ pub(crate) fn publish_packet(
     packet_id: Option<u16>,
     dup: bool,
     now_ms: u64,
+    version: ProtocolVersion,
 ) -> Publish {
-    let mut props = d.msg.props.clone();
-    props.message_expiry_interval = d.msg.remaining_expiry(now_ms);
-    props.subscription_identifiers = d.sub_ids.clone();
+    let mut props = Properties::default();
+    if version == ProtocolVersion::V5 {
+        if let Some(forwarded) = &d.msg.props {
+            props = Properties::clone(forwarded);
+        }
+        props.message_expiry_interval = d.msg.remaining_expiry(now_ms);
+        props.subscription_identifiers = d.sub_ids.clone();
+    }
     Publish {
         dup: dup && d.qos != QoS::AtMostOnce,
         qos: d.qos,
@@ -189,6 +204,26 @@ pub(crate) fn encode_frame(packet: &Packet, version: ProtocolVersion) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A queued message costs what its `AppMsg` does: 536 bytes when the properties were
+    /// inline, for the few messages that have any.
+    #[test]
+    fn a_message_without_properties_is_small() {
+        assert!(size_of::<AppMsg>() <= 160, "{}", size_of::<AppMsg>());
+        let none = Properties {
+            message_expiry_interval: Some(5),
+            topic_alias: Some(3),
+            ..Properties::default()
+        };
+        assert!(forwardable(&none).is_none(), "nothing there is forwarded");
+        let some = Properties {
+            correlation_data: Some(Bytes::from_static(b"id")),
+            ..none
+        };
+        let kept = forwardable(&some).expect("correlation data is forwarded");
+        assert_eq!(kept.correlation_data, some.correlation_data);
+        assert_eq!(kept.message_expiry_interval, None);
+    }
 
     #[test]
     fn shared_frames_encode_once_per_key_and_are_not_cloned() {
@@ -224,7 +259,7 @@ mod tests {
             payload: Bytes::new(),
             qos: QoS::AtMostOnce,
             retain: false,
-            props: Properties::default(),
+            props: None,
             expires_at: Some(10_500),
             origin: None,
             frames: Default::default(),

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, BytesMut};
 use thingd_mqtt::{Packet, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 
-use crate::message::{AppMsg, Delivery, encode_frame, publish_packet};
+use crate::message::{AppMsg, Delivery, encode_frame, forwardable, publish_packet};
 use crate::session::SubRecord;
 
 const FORMAT: u8 = 1;
 
 /// Encodes a delivery (as it will be sent to its session) for `PushMessage`.
 pub(crate) fn encode_delivery(d: &Delivery) -> Vec<u8> {
-    let mut p = publish_packet(d, Some(1), false, 0);
+    let mut p = publish_packet(d, Some(1), false, 0, ProtocolVersion::V5);
     p.properties.message_expiry_interval = None;
     encode_with_header(&Packet::Publish(p), d.msg.expires_at)
 }
@@ -62,10 +62,8 @@ pub(crate) fn decode_delivery(blob: &[u8]) -> Option<Delivery> {
         Ok(Some(Packet::Publish(p))) => p,
         _ => return None,
     };
-    let mut props = p.properties;
-    let sub_ids = std::mem::take(&mut props.subscription_identifiers);
-    props.message_expiry_interval = None;
-    props.topic_alias = None;
+    let sub_ids = p.properties.subscription_identifiers.clone();
+    let props = forwardable(&p.properties);
     let msg = AppMsg {
         topic: p.topic,
         payload: p.payload,
@@ -229,11 +227,11 @@ mod blob_tests {
             payload: Bytes::from_static(b"payload"),
             qos: QoS::ExactlyOnce,
             retain: true,
-            props: Properties {
+            props: Some(Box::new(Properties {
                 content_type: Some(ByteStr::from("json")),
                 user_properties: vec![(ByteStr::from("k"), ByteStr::from("v"))],
                 ..Properties::default()
-            },
+            })),
             expires_at: Some(1_700_000_000_123),
             origin: None,
             frames: Default::default(),
