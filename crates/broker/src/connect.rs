@@ -319,6 +319,7 @@ async fn accept(
         } else {
             0
         }),
+        receive_token: crate::session::ReceiveToken::new(policy.as_ref()),
     };
     let will = c.will.as_ref().map(|w| {
         Box::new(Will {

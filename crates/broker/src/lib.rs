@@ -162,6 +162,13 @@ pub trait ConnectionPolicy: Send + Sync + 'static {
     fn receive_token(&self) -> Option<u64> {
         None
     }
+    /// A counter that moves whenever `receive_token` may give another answer (for example a
+    /// registry generation shared by every connection). With one, the broker keeps each
+    /// connection's token and asks for it again only after the counter moved, so a fan-out
+    /// does not touch every receiver's policy. `None` (the default): ask on every delivery.
+    fn receive_token_epoch(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+        None
+    }
 }
 
 /// What a CONNECT asks for, as far as authorization is concerned.

@@ -57,6 +57,42 @@ pub(crate) struct Link {
     /// min(client Receive Maximum, max_inflight_out).
     pub(crate) inflight_limit: usize,
     pub(crate) aliases: OutAliases,
+    /// The policy's receive token as last read (see `ReceiveToken`).
+    pub(crate) receive_token: ReceiveToken,
+}
+
+/// A connection's receive token (`ConnectionPolicy::receive_token`) kept with the session,
+/// and the policy epoch it was read at: while the epoch stays, the token does too, and the
+/// policy itself is not touched — in a fan-out to a thousand receivers, reading each one's
+/// policy was most of the per-receiver authorization cost.
+pub(crate) struct ReceiveToken {
+    epoch: Option<Arc<std::sync::atomic::AtomicU64>>,
+    read_at: u64,
+    token: Option<u64>,
+}
+
+impl ReceiveToken {
+    pub(crate) fn new(policy: &dyn ConnectionPolicy) -> ReceiveToken {
+        ReceiveToken {
+            epoch: policy.receive_token_epoch(),
+            read_at: u64::MAX,
+            token: None,
+        }
+    }
+
+    fn get(&mut self, policy: &dyn ConnectionPolicy) -> Option<u64> {
+        let Some(epoch) = &self.epoch else {
+            return policy.receive_token();
+        };
+        // Read before asking: a token read while the epoch moves is kept under the older
+        // value, and asked for again next time.
+        let now = epoch.load(std::sync::atomic::Ordering::SeqCst);
+        if now != self.read_at {
+            self.token = policy.receive_token();
+            self.read_at = now;
+        }
+        self.token
+    }
 }
 
 /// A Will Message waiting for its connection to end (or for its delay).
@@ -248,7 +284,7 @@ impl Session {
             metrics::dropped(DropReason::Expired);
             return;
         }
-        if let Some(link) = &self.conn
+        if let Some(link) = &mut self.conn
             && !may_receive(link, &d.msg.topic, fx)
         {
             return;
@@ -351,7 +387,7 @@ impl Session {
                 self.forget(&d, fx);
                 continue;
             }
-            if let Some(link) = &self.conn
+            if let Some(link) = &mut self.conn
                 && !may_receive(link, &d.msg.topic, fx)
             {
                 self.forget(&d, fx);
@@ -450,8 +486,8 @@ const RECEIVE_MEMO_LOOKBACK: usize = 8;
 /// decide alike (`ConnectionPolicy::receive_token`) share one decision per topic while `fx`
 /// lives — a fan-out to a fleet with one policy asks once, not once per device. A policy
 /// changed meanwhile gives another token, so it is asked again.
-fn may_receive(link: &Link, topic: &ByteStr, fx: &mut Effects) -> bool {
-    let Some(token) = link.policy.receive_token() else {
+fn may_receive(link: &mut Link, topic: &ByteStr, fx: &mut Effects) -> bool {
+    let Some(token) = link.receive_token.get(link.policy.as_ref()) else {
         return link.policy.can_receive(topic);
     };
     let known = fx
@@ -675,6 +711,7 @@ mod tests {
             max_packet: usize::MAX,
             inflight_limit: 2,
             aliases: OutAliases::new(0),
+            receive_token: ReceiveToken::new(&crate::AllowAll),
         });
         rx
     }
@@ -684,6 +721,9 @@ mod tests {
         token: Option<u64>,
         allowed: &'static str,
         asked: Arc<std::sync::atomic::AtomicUsize>,
+        /// Given as the receive token's epoch; `token_reads` counts the reads of the token.
+        epoch: Option<Arc<std::sync::atomic::AtomicU64>>,
+        token_reads: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl crate::ConnectionPolicy for CountingPolicy {
@@ -699,8 +739,75 @@ mod tests {
             topic == self.allowed
         }
         fn receive_token(&self) -> Option<u64> {
+            self.token_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.token
         }
+        fn receive_token_epoch(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+            self.epoch.clone()
+        }
+    }
+
+    /// A session with `policy`, online.
+    fn online_with(policy: CountingPolicy) -> (Session, crate::outbound::OutboundRx) {
+        let mut s = Session::new(Arc::from("r"), ProtocolVersion::V5, 0);
+        let rx = online(&mut s, 16);
+        if let Some(link) = s.conn.as_mut() {
+            link.receive_token = ReceiveToken::new(&policy);
+            link.policy = Arc::new(policy);
+        }
+        (s, rx)
+    }
+
+    /// A QoS 0 delivery of `msg`.
+    fn qos0(msg: &Arc<AppMsg>) -> Delivery {
+        Delivery {
+            msg: msg.clone(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            sub_ids: Vec::new(),
+            seq: None,
+        }
+    }
+
+    #[test]
+    fn a_receive_token_is_read_again_only_when_its_epoch_moves() {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        let epoch = Arc::new(AtomicU64::new(3));
+        let token_reads = Arc::new(AtomicUsize::new(0));
+        let (mut s, mut rx) = online_with(CountingPolicy {
+            token: Some(7),
+            allowed: "fleet/cmd",
+            asked: Arc::new(AtomicUsize::new(0)),
+            epoch: Some(epoch.clone()),
+            token_reads: token_reads.clone(),
+        });
+        let msg = delivery("fleet/cmd", QoS::AtMostOnce).msg;
+        for _ in 0..5 {
+            s.offer(qos0(&msg), &mut Effects::new(0, 10));
+        }
+        assert_eq!(token_reads.load(Ordering::Relaxed), 1);
+        epoch.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..5 {
+            s.offer(qos0(&msg), &mut Effects::new(0, 10));
+        }
+        assert_eq!(token_reads.load(Ordering::Relaxed), 2);
+        for _ in 0..10 {
+            assert!(rx.try_recv().is_some(), "every offer is delivered");
+        }
+        // Without an epoch the token is read on every delivery.
+        let token_reads = Arc::new(AtomicUsize::new(0));
+        let (mut s, _rx) = online_with(CountingPolicy {
+            token: Some(7),
+            allowed: "fleet/cmd",
+            asked: Arc::new(AtomicUsize::new(0)),
+            epoch: None,
+            token_reads: token_reads.clone(),
+        });
+        for _ in 0..3 {
+            s.offer(qos0(&msg), &mut Effects::new(0, 10));
+        }
+        assert_eq!(token_reads.load(Ordering::Relaxed), 3);
     }
 
     #[test]
@@ -713,30 +820,20 @@ mod tests {
             .chain([None; 2]);
         let mut receivers: Vec<(Session, crate::outbound::OutboundRx)> = tokens
             .map(|token| {
-                let mut s = Session::new(Arc::from("r"), ProtocolVersion::V5, 0);
-                let rx = online(&mut s, 16);
-                if let Some(link) = s.conn.as_mut() {
-                    link.policy = Arc::new(CountingPolicy {
-                        token,
-                        allowed: "fleet/cmd",
-                        asked: asked.clone(),
-                    });
-                }
-                (s, rx)
+                online_with(CountingPolicy {
+                    token,
+                    allowed: "fleet/cmd",
+                    asked: asked.clone(),
+                    epoch: None,
+                    token_reads: Arc::default(),
+                })
             })
             .collect();
         let mut fx = Effects::new(0, 10);
         for topic in ["fleet/cmd", "fleet/secret"] {
             let msg = delivery(topic, QoS::AtMostOnce).msg;
             for (s, _) in &mut receivers {
-                let d = Delivery {
-                    msg: msg.clone(),
-                    qos: QoS::AtMostOnce,
-                    retain: false,
-                    sub_ids: Vec::new(),
-                    seq: None,
-                };
-                s.offer(d, &mut fx);
+                s.offer(qos0(&msg), &mut fx);
             }
         }
         // Per topic: once for token 7, once for token 8, and twice for the two without.

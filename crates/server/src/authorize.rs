@@ -42,8 +42,9 @@ struct Inner {
     registry: CertificateRegistry,
     arns: Arns,
     /// Moves whenever the registry revision moves; connections compiled under an older
-    /// generation recompile.
-    generation: AtomicU64,
+    /// generation recompile. Shared with the broker as every connection's receive-token
+    /// epoch (`ConnectionPolicy::receive_token_epoch`).
+    generation: Arc<AtomicU64>,
     /// The things attached to each certificate: (thing name, association kind).
     attached: RegistryCache<String, AttachedThings>,
     /// What the registry says about a certificate connecting for a thing (or for none).
@@ -131,7 +132,7 @@ impl PolicyAuthorizer {
                 store,
                 registry,
                 arns: Arns::new(region, account),
-                generation: AtomicU64::new(0),
+                generation: Arc::new(AtomicU64::new(0)),
                 attached: RegistryCache::new(),
                 facts: RegistryCache::new(),
                 shared_sets: Mutex::new(HashMap::new()),
@@ -360,6 +361,9 @@ impl ConnectionPolicy for LivePolicy {
     }
     fn receive_token(&self) -> Option<u64> {
         self.with_current(|c| c.receive_token).flatten()
+    }
+    fn receive_token_epoch(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.inner.generation.clone())
     }
 }
 
