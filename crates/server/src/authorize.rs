@@ -148,6 +148,10 @@ impl PolicyAuthorizer {
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         self.inner.attached.clear();
         self.inner.facts.clear();
+        // And again once the caches are empty: a connection that recompiled between the
+        // first bump and the clearing may have read a cached fact from before the change
+        // and kept the result under the new generation; this makes it recompile.
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 
