@@ -157,15 +157,14 @@ impl Shared {
     /// Submits the writes gathered in `fx`. The returned receiver yields whether the durable
     /// part committed (immediately `true` when there was none). The durable write is handed
     /// to the store before this returns, so later detached writes stay ordered after it.
-    pub(crate) fn commit(&self, mut fx: Effects) -> oneshot::Receiver<bool> {
-        let (tx, rx) = oneshot::channel();
+    pub(crate) fn commit(&self, mut fx: Effects) -> Option<oneshot::Receiver<bool>> {
         if !fx.detached.is_empty() {
             self.store.write_detached(std::mem::take(&mut fx.detached));
         }
         if fx.durable.is_empty() {
-            let _ = tx.send(true);
-            return rx;
+            return None;
         }
+        let (tx, rx) = oneshot::channel();
         let store = self.store.clone();
         let ops = std::mem::take(&mut fx.durable);
         let mut fut = Box::pin(async move {
@@ -183,7 +182,7 @@ impl Shared {
         if fut.as_mut().poll(&mut cx).is_pending() {
             tokio::spawn(fut);
         }
-        rx
+        Some(rx)
     }
 
     /// Publishes an accepted application message: stores it as retained if it is, delivers
@@ -194,7 +193,10 @@ impl Shared {
     pub(crate) fn publish(
         &self,
         msg: &Arc<AppMsg>,
-    ) -> (oneshot::Receiver<bool>, Vec<crate::pace::SlowReceiver>) {
+    ) -> (
+        Option<oneshot::Receiver<bool>>,
+        Vec<crate::pace::SlowReceiver>,
+    ) {
         metrics::message_in(msg.qos);
         let mut fx = self.effects();
         if msg.retain {
@@ -257,6 +259,8 @@ impl Shared {
             }
             same
         });
+        // One receiver: its encoding is not kept with the message for others.
+        fx.share_frames = direct.len() + groups.len() > 1;
         for (_, t) in direct {
             let d = Delivery {
                 msg: msg.clone(),
@@ -270,6 +274,7 @@ impl Shared {
         for members in groups.into_values() {
             self.deliver_shared(msg, members, fx);
         }
+        fx.share_frames = true;
     }
 
     /// One member of a share group gets the message: the next online one (round robin), or,

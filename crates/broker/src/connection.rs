@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::alias::{AliasError, InAliases};
 use crate::broker::{Shared, SubKey, SubVal, session_record, split_filter};
 use crate::connect::{handshake, packet_name};
-use crate::message::{AppMsg, Delivery, encode_frame, expiry_from, forwardable};
+use crate::message::{AppMsg, Delivery, expiry_from, forwardable};
 use crate::outbound::Received;
 use crate::pace::Pacing;
 use crate::session::{Control, SessionCell, SubRecord, pubrel};
@@ -305,8 +305,8 @@ impl Conn {
     }
 
     fn write(&mut self, p: &Packet) {
-        if let Some(f) = encode_frame(p, self.version) {
-            self.wbuf.extend_from_slice(&f);
+        if let Err(e) = thingd_mqtt::encode(p, self.version, &mut self.wbuf) {
+            tracing::warn!(error = %e, "cannot encode packet");
         }
     }
 
@@ -558,12 +558,8 @@ impl Conn {
         self.pacing.add(slow);
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                self.push_ack(PubRespKind::PubAck, pid, ReasonCode::Success, Some(wait))
-            }
-            QoS::ExactlyOnce => {
-                self.push_ack(PubRespKind::PubRec, pid, ReasonCode::Success, Some(wait))
-            }
+            QoS::AtLeastOnce => self.push_ack(PubRespKind::PubAck, pid, ReasonCode::Success, wait),
+            QoS::ExactlyOnce => self.push_ack(PubRespKind::PubRec, pid, ReasonCode::Success, wait),
         }
         Ok(())
     }
@@ -771,7 +767,7 @@ impl Conn {
         // survives a crash; with nothing to store, `commit` has already answered. MQTT lets
         // the matching messages go out before the SUBACK.
         let stored = self.shared.commit(fx);
-        self.push_pending(suback, Some(stored));
+        self.push_pending(suback, stored);
         Ok(())
     }
 
@@ -844,7 +840,7 @@ impl Conn {
             properties: Properties::default(),
         });
         let stored = self.shared.commit(fx);
-        self.push_pending(unsuback, Some(stored));
+        self.push_pending(unsuback, stored);
         Ok(())
     }
 

@@ -133,6 +133,9 @@ pub(crate) struct Effects {
     /// Receive decisions made while these effects live, by policy token and topic (see
     /// `may_receive`).
     receive_memo: Vec<(u64, ByteStr, bool)>,
+    /// Whether encodings are worth keeping with the message for other receivers (not when
+    /// `route` found only one).
+    pub(crate) share_frames: bool,
     /// PUBLISHes handed to writers, by QoS: added to the metrics once, when these effects
     /// are dropped, instead of once per receiver on a counter every thread shares.
     sent: [u64; 3],
@@ -153,6 +156,7 @@ impl Effects {
             detached: Vec::new(),
             slow: Vec::new(),
             receive_memo: Vec::new(),
+            share_frames: true,
             sent: [0; 3],
         }
     }
@@ -522,7 +526,7 @@ fn shared_frame(
     fx: &mut Effects,
 ) -> Option<Frame> {
     let now_ms = fx.now_ms;
-    let frame = if d.retain {
+    let frame = if d.retain || !fx.share_frames {
         build_frame(link, d, pid.map(|_| 1), false, now_ms)
     } else {
         let key = (link.version, d.qos, d.msg.remaining_expiry(now_ms));
