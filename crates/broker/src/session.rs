@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use thingd_mqtt::{
@@ -66,7 +67,7 @@ pub(crate) struct Link {
 /// policy itself is not touched — in a fan-out to a thousand receivers, reading each one's
 /// policy was most of the per-receiver authorization cost.
 pub(crate) struct ReceiveToken {
-    epoch: Option<Arc<std::sync::atomic::AtomicU64>>,
+    epoch: Option<Arc<AtomicU64>>,
     read_at: u64,
     token: Option<u64>,
 }
@@ -86,7 +87,7 @@ impl ReceiveToken {
         };
         // Read before asking: a token read while the epoch moves is kept under the older
         // value, and asked for again next time.
-        let now = epoch.load(std::sync::atomic::Ordering::SeqCst);
+        let now = epoch.load(Ordering::SeqCst);
         if now != self.read_at {
             self.token = policy.receive_token();
             self.read_at = now;
