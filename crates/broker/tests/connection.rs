@@ -257,9 +257,7 @@ async fn will_delay_and_cancellation() {
     c.connect(with_delay("d1")).await;
     drop(c);
     watcher.expect_nothing().await;
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(6)).await;
-    tokio::time::resume();
+    skip(Duration::from_secs(6)).await;
     assert_eq!(&watcher.receive().await.topic[..], "wills/d1");
 
     // Cancelled by reconnecting to the session before the delay.
@@ -270,9 +268,7 @@ async fn will_delay_and_cancellation() {
     let mut c2 = h.stream(None);
     let ack = c2.connect(with_delay("d2")).await;
     assert!(ack.session_present);
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(6)).await;
-    tokio::time::resume();
+    skip(Duration::from_secs(6)).await;
     watcher.expect_nothing().await;
 }
 
@@ -482,9 +478,7 @@ async fn message_expiry() {
     pk.properties.message_expiry_interval = Some(100);
     p.send(Packet::Publish(pk)).await;
     p.expect_resp(PubRespKind::PubAck).await;
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(3)).await;
-    tokio::time::resume();
+    skip(Duration::from_secs(3)).await;
     let (mut s, _) = h.persistent(V5, "exp").await;
     let m = s.receive().await;
     assert_eq!(&m.payload[..], b"long");
@@ -1018,9 +1012,7 @@ async fn session_expiry_and_will_at_expiry() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(h.store.sessions().expect("sessions").len(), 1);
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(3)).await;
-    tokio::time::resume();
+    skip(Duration::from_secs(3)).await;
     // The will fires with the session's end, before its 100 s delay.
     assert_eq!(&watcher.receive().await.payload[..], b"expired");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1042,9 +1034,7 @@ async fn a_restored_offline_session_still_expires() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(h.store.sessions().expect("sessions").len(), 1);
     h.restart().await;
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(3)).await;
-    tokio::time::resume();
+    skip(Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Gone from the store by the sweep, without the client coming back.
     assert!(h.store.sessions().expect("sessions").is_empty());
@@ -1072,25 +1062,19 @@ async fn a_session_expires_from_its_last_disconnect() {
     c.subscribe("x", QoS::AtLeastOnce).await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_millis(1000)).await;
-    tokio::time::resume();
+    skip(Duration::from_millis(1000)).await;
     let (c, ack) = connect(&h).await;
     assert!(ack.session_present);
     drop(c);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // 2.5 s after the first disconnect, 1.5 s after the second: the session is still there.
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_millis(1500)).await;
-    tokio::time::resume();
+    skip(Duration::from_millis(1500)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (c, ack) = connect(&h).await;
     assert!(ack.session_present, "expired from the first disconnect");
     drop(c);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(3)).await;
-    tokio::time::resume();
+    skip(Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_c, ack) = connect(&h).await;
     assert!(!ack.session_present, "the session outlived its expiry");
@@ -1321,13 +1305,9 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout_and_its_
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     watcher.expect_nothing().await;
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(30)).await;
-    tokio::time::resume();
+    skip(Duration::from_secs(30)).await;
     watcher.expect_nothing().await;
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(16)).await;
-    tokio::time::resume();
+    skip(Duration::from_secs(16)).await;
     assert_eq!(&watcher.receive().await.payload[..], b"write timed out");
     drop(stuck);
 }

@@ -87,6 +87,14 @@ impl Harness {
     }
 }
 
+/// Moves the paused clock on by `by`, firing the broker's timers that fall due, and goes
+/// back to real time.
+pub async fn skip(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
 /// A client on a pipe of `pipe_bytes` each way to a connection `broker` serves, not yet
 /// CONNECTed (a small pipe stands for a client that stops reading).
 pub fn serve_pipe(broker: &Broker, pipe_bytes: usize, principal: Option<&str>) -> Client {
