@@ -263,6 +263,17 @@ impl Broker {
         self.shared.events.subscribe()
     }
 
+    /// Whether any subscription (shared ones included, online or not) matches `topic` now:
+    /// a publisher with nobody to reach can skip building its message.
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        let mut found = false;
+        self.shared
+            .index
+            .read()
+            .for_each_match(topic, |_, _, _| found = true);
+        found
+    }
+
     /// Closes every live connection whose principal is `principal` (v5: DISCONNECT 0x98
     /// Administrative action). Returns how many were closed.
     pub fn disconnect_principal(&self, principal: &str) -> usize {

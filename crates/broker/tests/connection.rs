@@ -1514,3 +1514,33 @@ async fn an_idle_connections_future_stays_small() {
     let size = std::mem::size_of_val(&serving);
     assert!(size <= 900, "a connection's future is {size} bytes");
 }
+
+/// `has_subscribers` sees wildcard and shared subscriptions, and forgets ended sessions.
+#[tokio::test]
+async fn has_subscribers_follows_the_subscriptions() {
+    let h = Harness::new();
+    assert!(
+        !h.broker
+            .has_subscribers("$aws/events/presence/connected/d1")
+    );
+    let mut c = h.client(V5, "watcher").await;
+    c.subscribe("$aws/events/presence/+/+", QoS::AtLeastOnce)
+        .await;
+    let mut g = h.client(V3, "member").await;
+    g.subscribe("$share/g/fleet/#", QoS::AtMostOnce).await;
+    assert!(
+        h.broker
+            .has_subscribers("$aws/events/presence/connected/d1")
+    );
+    assert!(h.broker.has_subscribers("fleet/a/b"));
+    assert!(
+        !h.broker
+            .has_subscribers("$aws/events/subscriptions/subscribed/d1")
+    );
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !h.broker
+            .has_subscribers("$aws/events/presence/connected/d1")
+    );
+}

@@ -43,6 +43,23 @@ impl Versions {
         self.open.remove(&connection_id);
         found
     }
+
+    /// The bookkeeping of `render` for an event that is not published.
+    fn record(&mut self, event: &BrokerEvent) {
+        match event {
+            BrokerEvent::Connected {
+                client_id,
+                connection_id,
+                ..
+            } => {
+                self.connected(client_id, *connection_id);
+            }
+            BrokerEvent::Disconnected { connection_id, .. } => {
+                self.disconnected(*connection_id);
+            }
+            BrokerEvent::Subscribed { .. } | BrokerEvent::Unsubscribed { .. } => {}
+        }
+    }
 }
 
 /// Starts publishing the broker's events until `shutdown`. Subscribes to them before it
@@ -79,6 +96,13 @@ async fn publish_lifecycle_events(
             }
             Err(RecvError::Closed) => return,
         };
+        // Nobody listening (the usual case): keep the per-client numbering, skip the JSON.
+        if let Some(topic) = topic_of(&event)
+            && !broker.has_subscribers(&topic)
+        {
+            versions.record(&event);
+            continue;
+        }
         if let Some((topic, payload)) = render(&event, &mut versions, now_ms())
             && let Err(reason) = broker.publish(
                 topic.clone(),
@@ -99,22 +123,34 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// The topic and payload of an event; `None` for client ids AWS raises no events for (those
-/// containing `+` or `#`, which would make the topic a filter).
+/// The topic of an event; `None` for client ids AWS raises no events for (those containing
+/// `+` or `#`, which would make the topic a filter).
+fn topic_of(event: &BrokerEvent) -> Option<String> {
+    let (kind, client_id) = match event {
+        BrokerEvent::Connected { client_id, .. } => ("presence/connected", client_id),
+        BrokerEvent::Disconnected { client_id, .. } => ("presence/disconnected", client_id),
+        BrokerEvent::Subscribed { client_id, .. } => ("subscriptions/subscribed", client_id),
+        BrokerEvent::Unsubscribed { client_id, .. } => ("subscriptions/unsubscribed", client_id),
+    };
+    if client_id.contains(['+', '#']) {
+        return None;
+    }
+    Some(format!("$aws/events/{kind}/{client_id}"))
+}
+
+/// The topic and payload of an event (`None` where `topic_of` is).
 fn render(
     event: &BrokerEvent,
     versions: &mut Versions,
     timestamp: u64,
 ) -> Option<(String, serde_json::Value)> {
+    let topic = topic_of(event)?;
     let client_id = match event {
         BrokerEvent::Connected { client_id, .. }
         | BrokerEvent::Disconnected { client_id, .. }
         | BrokerEvent::Subscribed { client_id, .. }
         | BrokerEvent::Unsubscribed { client_id, .. } => client_id,
     };
-    if client_id.contains(['+', '#']) {
-        return None;
-    }
     let principal = |p: &Option<std::sync::Arc<str>>| p.as_deref().unwrap_or_default().to_owned();
     Some(match event {
         BrokerEvent::Connected {
@@ -125,7 +161,7 @@ fn render(
         } => {
             let (version, session) = versions.connected(client_id, *connection_id);
             (
-                format!("$aws/events/presence/connected/{client_id}"),
+                topic,
                 json!({
                     "clientId": client_id.as_ref(),
                     "timestamp": timestamp,
@@ -145,7 +181,7 @@ fn render(
         } => {
             let (version, session) = versions.disconnected(*connection_id);
             (
-                format!("$aws/events/presence/disconnected/{client_id}"),
+                topic,
                 json!({
                     "clientId": client_id.as_ref(),
                     "timestamp": timestamp,
@@ -177,7 +213,7 @@ fn render(
             };
             let (_, session) = versions.of(*connection_id);
             (
-                format!("$aws/events/subscriptions/{kind}/{client_id}"),
+                topic,
                 json!({
                     "clientId": client_id.as_ref(),
                     "timestamp": timestamp,
@@ -202,6 +238,32 @@ mod tests {
     use thingd_broker::DisconnectCause;
 
     use super::*;
+
+    /// Events nobody subscribed to are not rendered, but still count: the next published
+    /// connect of the same client id has the next version number.
+    #[test]
+    fn unpublished_events_keep_the_version_numbering() {
+        let mut versions = Versions::default();
+        let connected = |connection_id| BrokerEvent::Connected {
+            client_id: Arc::from("dev1"),
+            principal: None,
+            remote_addr: "127.0.0.1:5000".parse().unwrap(),
+            connection_id,
+        };
+        versions.record(&connected(1));
+        versions.record(&BrokerEvent::Disconnected {
+            client_id: Arc::from("dev1"),
+            principal: None,
+            connection_id: 1,
+            cause: DisconnectCause::ClientInitiated,
+        });
+        assert_eq!(
+            topic_of(&connected(2)).as_deref(),
+            Some("$aws/events/presence/connected/dev1")
+        );
+        let (_, on) = render(&connected(2), &mut versions, 1000).unwrap();
+        assert_eq!(on["versionNumber"], 1);
+    }
 
     #[test]
     fn connect_and_disconnect_share_version_and_session_and_versions_grow_per_client() {
