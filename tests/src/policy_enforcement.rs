@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use thingd_store::registry::security::{attachments, policies};
 use thingd_tests::{DeviceFiles, TestServer, thingd_binary};
 
-use crate::raw_protocol::{Connect, Incoming, RawClient, kind, publish, subscribe};
+use crate::raw_protocol::{Connect, Incoming, RawClient, kind, publish};
 
 type TestResult = anyhow::Result<()>;
 
@@ -91,17 +91,9 @@ async fn provisioned_device_has_exactly_its_own_topics() -> TestResult {
 
     // Allowed: its own shadow update topic and things/<name>/..., in both directions.
     let mut client = RawClient::v5(&server, &device, "MyJourneyIoTDevice").await?;
-    client
-        .send(&subscribe(
-            true,
-            1,
-            &[],
-            &[("things/MyJourneyIoTDevice/#", 1)],
-        ))
+    let codes = client
+        .subscribe(true, 1, &[], &[("things/MyJourneyIoTDevice/#", 1)])
         .await?;
-    let (_, codes) = next_frame(&mut client)
-        .await?
-        .sub_codes(kind::SUBACK, true)?;
     assert_eq!(codes, vec![1]);
     client
         .send(&publish(
@@ -160,10 +152,7 @@ async fn provisioned_device_has_exactly_its_own_topics() -> TestResult {
         ))
         .await?;
     assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (4, 0x87));
-    client.send(&subscribe(true, 5, &[], &[("#", 1)])).await?;
-    let (_, codes) = next_frame(&mut client)
-        .await?
-        .sub_codes(kind::SUBACK, true)?;
+    let codes = client.subscribe(true, 5, &[], &[("#", 1)]).await?;
     assert_eq!(codes, vec![0x87]);
 
     // Another client id is not allowed to connect: v5 CONNACK 0x87.
@@ -209,12 +198,7 @@ async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_l
     tokio::time::sleep(REGISTRY_PROPAGATION).await;
 
     let mut client = RawClient::v5(&server, &device, "sensor-1").await?;
-    client
-        .send(&subscribe(true, 1, &[], &[("fleet/#", 1)]))
-        .await?;
-    let (_, codes) = next_frame(&mut client)
-        .await?
-        .sub_codes(kind::SUBACK, true)?;
+    let codes = client.subscribe(true, 1, &[], &[("fleet/#", 1)]).await?;
     assert_eq!(codes, vec![1]);
     // Receive is limited to fleet/<clientId>/...: the other message is not delivered.
     client
@@ -329,12 +313,7 @@ async fn a_fleet_under_one_policy_receives_what_it_allows_and_a_changed_device_s
     let mut clients = Vec::new();
     for (device, id) in [(&a, "sensor-a"), (&b, "sensor-b")] {
         let mut client = RawClient::v5(&server, device, id).await?;
-        client
-            .send(&subscribe(true, 1, &[], &[("fleet/#", 0)]))
-            .await?;
-        let (_, codes) = next_frame(&mut client)
-            .await?
-            .sub_codes(kind::SUBACK, true)?;
+        let codes = client.subscribe(true, 1, &[], &[("fleet/#", 0)]).await?;
         assert_eq!(codes, vec![0], "{id}");
         clients.push(client);
     }
