@@ -155,8 +155,9 @@ impl Shared {
     }
 
     /// Submits the writes gathered in `fx`. The returned receiver yields whether the durable
-    /// part committed (immediately `true` when there was none). The durable write is handed
-    /// to the store before this returns, so later detached writes stay ordered after it.
+    /// part committed; `None` when there was none, so nothing to wait for. The durable write
+    /// is handed to the store before this returns, so later detached writes stay ordered
+    /// after it.
     pub(crate) fn commit(&self, mut fx: Effects) -> Option<oneshot::Receiver<bool>> {
         if !fx.detached.is_empty() {
             self.store.write_detached(std::mem::take(&mut fx.detached));
@@ -353,10 +354,7 @@ impl Shared {
             let pending = s.pending_will.take();
             // An offline session past its expiry that the sweep has not reached yet.
             let now = self.clock.now_ms();
-            let expired = s.conn.is_none()
-                && s.expiry != u32::MAX
-                && s.disconnected_at_ms
-                    .is_some_and(|at| at + u64::from(s.expiry) * 1000 <= now);
+            let expired = s.expiry_due_ms().is_some_and(|due| due <= now);
             // Sessions do not resume across protocol versions (AWS rule).
             if !clean_start && !expired && s.version == version {
                 // Resume. MQTT 5: a Will with a delay is not sent when the session resumes.
@@ -442,13 +440,9 @@ impl Shared {
     /// Files an offline session under the time its expiry ends it (unless it never does).
     fn file_expiry(&self, cell: &Arc<SessionCell>, s: &mut Session) {
         self.unfile_expiry(cell, s);
-        let Some(at) = s.disconnected_at_ms else {
+        let Some(due) = s.expiry_due_ms() else {
             return;
         };
-        if s.expiry == u32::MAX {
-            return;
-        }
-        let due = at + u64::from(s.expiry) * 1000;
         self.expiring
             .lock()
             .insert((due, Arc::as_ptr(cell) as usize), cell.clone());
@@ -534,13 +528,13 @@ impl Shared {
             // Filed under a time that has passed; checked again, as the session may have
             // come back meanwhile.
             s.expires_at_ms = None;
-            let Some(at) = s.disconnected_at_ms else {
-                continue;
-            };
-            if s.ended || s.conn.is_some() || s.expiry == u32::MAX {
+            if s.ended {
                 continue;
             }
-            if at + u64::from(s.expiry) * 1000 > now {
+            let Some(due) = s.expiry_due_ms() else {
+                continue;
+            };
+            if due > now {
                 self.file_expiry(&cell, &mut s);
                 continue;
             }

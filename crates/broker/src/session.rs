@@ -220,6 +220,16 @@ impl Session {
         self.expiry > 0
     }
 
+    /// When an offline session's expiry ends it (Unix ms); `None` while it is connected or
+    /// when it never expires.
+    pub(crate) fn expiry_due_ms(&self) -> Option<u64> {
+        if self.conn.is_some() || self.expiry == u32::MAX {
+            return None;
+        }
+        self.disconnected_at_ms
+            .map(|at| at + u64::from(self.expiry) * 1000)
+    }
+
     /// True while `conn_id` is the session's live connection.
     pub(crate) fn is_current(&self, conn_id: u64) -> bool {
         !self.ended && self.conn.as_ref().is_some_and(|l| l.conn_id == conn_id)
