@@ -501,7 +501,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
              mTLS uses one set of files made by thingd's CA (`thingd cert issue`): the root \
              CA, thingd's server certificate and key, and one device certificate and key, all \
              ECDSA P-256; every broker requires a client certificate signed by that CA. The \
-             client offers no session resumption. No broker persists anything during the run \
+             client offers no session resumption, and it pins the broker's certificate \
+             (compared byte for byte; the broker's handshake signature is still verified) \
+             instead of verifying its chain on every connect. No broker persists anything during the run \
              (thingd writes to SQLite only for persistent sessions and retained messages, and \
              the load generator uses clean sessions and no retain). Logging is off (thingd \
              `RUST_LOG=error`, Mosquitto `log_dest none`, rumqttd's default `warn`).\n\n\
