@@ -70,6 +70,11 @@ pub(crate) struct ReceiveToken {
     epoch: Option<Arc<AtomicU64>>,
     read_at: u64,
     token: Option<u64>,
+    /// The last decision made under a token: (token, topic, allowed). A receiver's queue
+    /// mostly holds messages on one topic, and each goes out after a PUBACK, one at a time;
+    /// the topic is copied (a topic shared with the message would keep the publisher's
+    /// read buffer alive as long as the connection lasts).
+    last: Option<(u64, Vec<u8>, bool)>,
 }
 
 impl ReceiveToken {
@@ -78,7 +83,28 @@ impl ReceiveToken {
             epoch: policy.receive_token_epoch(),
             read_at: u64::MAX,
             token: None,
+            last: None,
         }
+    }
+
+    /// The decision last remembered for `topic` under `token`.
+    fn recall(&self, token: u64, topic: &ByteStr) -> Option<bool> {
+        match &self.last {
+            Some((t, name, allowed)) if *t == token && name.as_slice() == &topic.as_bytes()[..] => {
+                Some(*allowed)
+            }
+            _ => None,
+        }
+    }
+
+    fn remember(&mut self, token: u64, topic: &ByteStr, allowed: bool) {
+        let (t, name, a) = self
+            .last
+            .get_or_insert_with(|| (token, Vec::new(), allowed));
+        *t = token;
+        *a = allowed;
+        name.clear();
+        name.extend_from_slice(topic.as_bytes());
     }
 
     fn get(&mut self, policy: &dyn ConnectionPolicy) -> Option<u64> {
@@ -140,11 +166,16 @@ pub(crate) struct Effects {
     /// PUBLISHes handed to writers, by QoS: added to the metrics once, when these effects
     /// are dropped, instead of once per receiver on a counter every thread shares.
     sent: [u64; 3],
+    /// The change in messages waiting in session queues, for the gauge (likewise once).
+    queued: i64,
 }
 
 impl Drop for Effects {
     fn drop(&mut self) {
         metrics::messages_out(self.sent);
+        if self.queued != 0 {
+            metrics::queued(self.queued);
+        }
     }
 }
 
@@ -159,6 +190,7 @@ impl Effects {
             receive_memo: Vec::new(),
             share_frames: true,
             sent: [0; 3],
+            queued: 0,
         }
     }
 }
@@ -266,10 +298,10 @@ impl Session {
             };
             tracing::debug!(client_id = %self.client_id, topic = %old.msg.topic, "session queue full, dropping oldest message");
             metrics::dropped(DropReason::QueueFull);
-            metrics::queued(-1);
+            fx.queued -= 1;
             self.forget(&old, fx);
         }
-        metrics::queued(1);
+        fx.queued += 1;
         self.queue.push_back(d);
     }
 
@@ -377,7 +409,7 @@ impl Session {
         };
         let Ok(queued) = link.tx.try_send(frame) else {
             self.queue.push_front(d);
-            metrics::queued(1);
+            fx.queued += 1;
             return;
         };
         fx.slow.extend(SlowReceiver::after_send(&link.tx, queued));
@@ -396,7 +428,7 @@ impl Session {
             let Some(d) = self.queue.pop_front() else {
                 break;
             };
-            metrics::queued(-1);
+            fx.queued -= 1;
             if d.msg.is_expired(fx.now_ms) {
                 metrics::dropped(DropReason::Expired);
                 self.forget(&d, fx);
@@ -412,8 +444,10 @@ impl Session {
         }
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done.
-    pub(crate) fn complete(&mut self, pid: u16, kind: PubRespKind, fx: &mut Effects) -> bool {
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done; false if `pid` was not in
+    /// flight at that stage. The caller then `pump`s the queue into the freed room (once after
+    /// all the acknowledgements it read together).
+    pub(crate) fn acknowledged(&mut self, pid: u16, kind: PubRespKind, fx: &mut Effects) -> bool {
         let pos = self.inflight.iter().position(|i| {
             i.pid == pid
                 && match kind {
@@ -427,7 +461,6 @@ impl Session {
         if let Some(done) = self.inflight.remove(pos) {
             self.forget(&done.delivery, fx);
         }
-        self.pump(fx);
         true
     }
 
@@ -505,17 +538,22 @@ fn may_receive(link: &mut Link, topic: &ByteStr, fx: &mut Effects) -> bool {
     let Some(token) = link.receive_token.get(link.policy.as_ref()) else {
         return link.policy.can_receive(topic);
     };
+    if let Some(allowed) = link.receive_token.recall(token, topic) {
+        return allowed;
+    }
     let known = fx
         .receive_memo
         .iter()
         .rev()
         .take(RECEIVE_MEMO_LOOKBACK)
-        .find(|(t, name, _)| *t == token && name == topic);
-    if let Some(&(_, _, allowed)) = known {
-        return allowed;
-    }
-    let allowed = link.policy.can_receive(topic);
-    fx.receive_memo.push((token, topic.clone(), allowed));
+        .find(|(t, name, _)| *t == token && name == topic)
+        .map(|&(_, _, allowed)| allowed);
+    let allowed = known.unwrap_or_else(|| {
+        let allowed = link.policy.can_receive(topic);
+        fx.receive_memo.push((token, topic.clone(), allowed));
+        allowed
+    });
+    link.receive_token.remember(token, topic, allowed);
     allowed
 }
 
@@ -826,6 +864,45 @@ mod tests {
     }
 
     #[test]
+    fn a_receiver_keeps_its_last_receive_decision_while_its_token_stays() {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        let epoch = Arc::new(AtomicU64::new(0));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let (mut s, mut rx) = online_with(CountingPolicy {
+            token: Some(7),
+            allowed: "fleet/cmd",
+            asked: asked.clone(),
+            epoch: Some(epoch.clone()),
+            token_reads: Arc::default(),
+        });
+        let cmd = delivery("fleet/cmd", QoS::AtMostOnce).msg;
+        let secret = delivery("fleet/secret", QoS::AtMostOnce).msg;
+        // Each offer with effects of its own, as messages pumped one per PUBACK are.
+        for _ in 0..4 {
+            s.offer(qos0(&cmd), &mut Effects::new(0, 10));
+        }
+        assert_eq!(asked.load(Ordering::Relaxed), 1);
+        s.offer(qos0(&secret), &mut Effects::new(0, 10));
+        s.offer(qos0(&secret), &mut Effects::new(0, 10));
+        s.offer(qos0(&cmd), &mut Effects::new(0, 10));
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            3,
+            "another topic is decided anew"
+        );
+        epoch.fetch_add(1, Ordering::SeqCst);
+        s.offer(qos0(&cmd), &mut Effects::new(0, 10));
+        // The token is read again, and is the same one: its decisions still hold (a changed
+        // policy is another token).
+        assert_eq!(asked.load(Ordering::Relaxed), 3);
+        let mut delivered = 0;
+        while rx.try_recv().is_some() {
+            delivered += 1;
+        }
+        assert_eq!(delivered, 6, "fleet/cmd six times, fleet/secret never");
+    }
+
+    #[test]
     fn receivers_with_the_same_receive_token_are_asked_once_per_topic() {
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // 10 receivers sharing token 7, 3 with token 8, 2 deciding for themselves.
@@ -940,23 +1017,31 @@ mod tests {
         assert_eq!(s.inflight.len(), 2);
         assert_eq!(s.queue.len(), 2);
         let first = s.inflight[0].pid;
-        assert!(s.complete(first, PubRespKind::PubAck, &mut fx));
+        assert!(complete(&mut s, first, PubRespKind::PubAck, &mut fx));
         assert!(
-            !s.complete(first, PubRespKind::PubAck, &mut fx),
+            !complete(&mut s, first, PubRespKind::PubAck, &mut fx),
             "acked once"
         );
         assert_eq!(s.inflight.len(), 2);
         // QoS 2: PUBCOMP before PUBREC does nothing.
         let second = s.inflight[1].pid;
-        assert!(s.complete(s.inflight[0].pid, PubRespKind::PubAck, &mut fx));
+        let front = s.inflight[0].pid;
+        assert!(complete(&mut s, front, PubRespKind::PubAck, &mut fx));
         assert_eq!(s.inflight.len(), 2);
-        assert!(!s.complete(second, PubRespKind::PubComp, &mut fx));
+        assert!(!complete(&mut s, second, PubRespKind::PubComp, &mut fx));
         let q2 = s.inflight[1].pid;
         assert!(s.received(q2, false, &mut fx));
         // Redelivery resends PUBLISH (DUP) for the first and PUBREL for the released one.
         assert_eq!(s.redelivery(&mut fx).len(), 2);
-        assert!(s.complete(q2, PubRespKind::PubComp, &mut fx));
+        assert!(complete(&mut s, q2, PubRespKind::PubComp, &mut fx));
         assert_eq!(s.inflight.len(), 1);
+    }
+
+    /// An acknowledgement and the pump a connection does after it.
+    fn complete(s: &mut Session, pid: u16, kind: PubRespKind, fx: &mut Effects) -> bool {
+        let known = s.acknowledged(pid, kind, fx);
+        s.pump(fx);
+        known
     }
 
     #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::*;
 use thingd_mqtt::{
     ByteStr, Disconnect, Packet, Properties, PubRespKind, Publish, QoS, ReasonCode, RetainHandling,
@@ -534,6 +534,51 @@ async fn outbound_inflight_limit() {
     s.send(ack(PubRespKind::PubAck, b.packet_id.unwrap_or(0)))
         .await;
     assert_eq!(s.expect_publish().await.payload[0], 3);
+}
+
+/// A receiver that acknowledges several messages in one write (as a fast one does) gets
+/// the next ones in their room, in order; an id acknowledged twice or never sent frees
+/// nothing.
+#[tokio::test]
+async fn acknowledgements_read_together_free_their_room_together() {
+    let h = Harness::new();
+    let mut s = h.stream(None);
+    let mut cp = connect_packet(V5, "batch", true);
+    cp.properties.receive_maximum = Some(2);
+    s.connect(cp).await;
+    s.subscribe("o", QoS::AtLeastOnce).await;
+    let mut p = h.client(V5, "pub").await;
+    for i in 0..7u8 {
+        p.publish("o", &[i], QoS::AtLeastOnce, false).await;
+    }
+    let mut acks = BytesMut::new();
+    let mut expect = 0u8;
+    for round in 0..3 {
+        let a = s.expect_publish().await;
+        let b = s.expect_publish().await;
+        assert_eq!((a.payload[0], b.payload[0]), (expect, expect + 1));
+        s.expect_nothing().await;
+        acks.clear();
+        for pid in [a.packet_id, a.packet_id, Some(999), b.packet_id] {
+            let packet = ack(PubRespKind::PubAck, pid.unwrap_or(0));
+            thingd_mqtt::encode(&packet, V5, &mut acks).unwrap();
+        }
+        if round == 2 {
+            thingd_mqtt::encode(&Packet::PingReq, V5, &mut acks).unwrap();
+        }
+        s.send_raw(&acks).await;
+        expect += 2;
+    }
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        match s.recv().await {
+            Packet::Publish(last) => rest.push(last.payload[0]),
+            Packet::PingResp => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(rest.contains(&6), "{rest:?}");
+    s.expect_nothing().await;
 }
 
 #[tokio::test]
