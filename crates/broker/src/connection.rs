@@ -281,6 +281,37 @@ fn fit_read_buffer(rbuf: &mut BytesMut, read: usize, spare: usize) {
     }
 }
 
+/// A packet read from a client, with PUBACK and PUBCOMP set apart (see `handle_buffered`).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made and matched at once, never stored; boxing would allocate for every PUBLISH"
+)]
+enum Incoming {
+    /// A PUBACK or PUBCOMP: the kind and the packet id.
+    Settles(PubRespKind, u16),
+    Other(Packet),
+}
+
+/// The next whole packet in `rbuf`. Nearly every acknowledgement comes in its 4-byte form,
+/// which is read without building a `Packet` (with its `Properties`) for it.
+fn next_packet(
+    rbuf: &mut BytesMut,
+    version: ProtocolVersion,
+    max_packet: usize,
+) -> Result<Option<Incoming>, thingd_mqtt::DecodeError> {
+    if let Some((kind, packet_id)) = thingd_mqtt::decode_short_ack(rbuf) {
+        return Ok(Some(Incoming::Settles(kind, packet_id)));
+    }
+    Ok(
+        thingd_mqtt::decode(rbuf, version, max_packet)?.map(|p| match p {
+            Packet::PubResp(r) if matches!(r.kind, PubRespKind::PubAck | PubRespKind::PubComp) => {
+                Incoming::Settles(r.kind, r.packet_id)
+            }
+            other => Incoming::Other(other),
+        }),
+    )
+}
+
 impl Conn {
     /// Handles every complete packet in `rbuf`, stopping early when a publish found a
     /// receiver too slow (the rest waits in the buffer until the receivers drain).
@@ -296,18 +327,16 @@ impl Conn {
             if self.pacing.paused() {
                 break Ok(());
             }
-            match thingd_mqtt::decode(rbuf, self.version, max_packet) {
-                Ok(Some(Packet::PubResp(r)))
-                    if matches!(r.kind, PubRespKind::PubAck | PubRespKind::PubComp) =>
-                {
+            match next_packet(rbuf, self.version, max_packet) {
+                Ok(Some(Incoming::Settles(kind, packet_id))) => {
                     let mut fx = settled.take().unwrap_or_else(|| self.shared.effects());
-                    let outcome = self.settle(&r, &mut fx);
+                    let outcome = self.settle(packet_id, kind, &mut fx);
                     settled = Some(fx);
                     if let Err(end) = outcome {
                         break Err(end);
                     }
                 }
-                Ok(Some(p)) => {
+                Ok(Some(Incoming::Other(p))) => {
                     if let Some(fx) = settled.take() {
                         self.pump_with(fx);
                     }
@@ -598,12 +627,12 @@ impl Conn {
     }
 
     /// PUBACK or PUBCOMP: frees the message in flight; the caller pumps the queue after.
-    fn settle(&mut self, r: &PubResp, fx: &mut Effects) -> Result<(), End> {
+    fn settle(&mut self, packet_id: u16, kind: PubRespKind, fx: &mut Effects) -> Result<(), End> {
         let mut s = self.cell.lock();
         if !s.is_current(self.conn_id) {
             return Err(End::TakenOver);
         }
-        s.acknowledged(r.packet_id, r.kind, fx);
+        s.acknowledged(packet_id, kind, fx);
         Ok(())
     }
 
@@ -611,7 +640,7 @@ impl Conn {
         let mut fx = self.shared.effects();
         match r.kind {
             PubRespKind::PubAck | PubRespKind::PubComp => {
-                self.settle(&r, &mut fx)?;
+                self.settle(r.packet_id, r.kind, &mut fx)?;
                 self.pump_with(fx);
                 return Ok(());
             }

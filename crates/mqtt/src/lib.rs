@@ -44,6 +44,8 @@ mod codec;
 mod packet;
 mod reason;
 
-pub use codec::{DecodeError, EncodeError, decode, encode, encode_to_bytes, encoded_len};
+pub use codec::{
+    DecodeError, EncodeError, decode, decode_short_ack, encode, encode_to_bytes, encoded_len,
+};
 pub use packet::*;
 pub use reason::ReasonCode;

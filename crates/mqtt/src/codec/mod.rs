@@ -76,6 +76,26 @@ pub fn decode(
     decode_body(&header, body, version).map(Some)
 }
 
+/// Takes a PUBACK or PUBCOMP in its shortest form off the front of `buf`: a packet id, Success
+/// and no properties, four bytes in both protocol versions. Any other packet, or too few bytes
+/// yet, gives `None` and leaves `buf` as it was, for [`decode`].
+///
+/// A receiver acknowledges every QoS 1 and 2 message it gets, nearly always like this; the
+/// broker reads these without building a `Packet` (which carries a full `Properties`) for each.
+/// The result is the one `decode` would give, as a `PubResp` with Success and no properties.
+pub fn decode_short_ack(buf: &mut BytesMut) -> Option<(PubRespKind, u16)> {
+    let kind = match buf.first()? {
+        0x40 => PubRespKind::PubAck,
+        0x70 => PubRespKind::PubComp,
+        _ => return None,
+    };
+    let [_, 2, hi, lo, ..] = buf[..] else {
+        return None;
+    };
+    bytes::Buf::advance(buf, 4);
+    Some((kind, u16::from_be_bytes([hi, lo])))
+}
+
 /// Decodes the body of a packet whose fixed header is `header`.
 fn decode_body(
     header: &FixedHeader,

@@ -6,8 +6,30 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use super::strategies::versioned_packet;
-use crate::codec::{DecodeError, decode, encode, encode_to_bytes, encoded_len};
-use crate::packet::{Packet, ProtocolVersion};
+use crate::codec::{DecodeError, decode, decode_short_ack, encode, encode_to_bytes, encoded_len};
+use crate::packet::{Packet, ProtocolVersion, PubResp};
+use crate::reason::ReasonCode;
+
+/// `decode_short_ack` on `bytes` agrees with `decode`: what it takes is what `decode` reads
+/// (a PUBACK or PUBCOMP with Success and no properties, the same bytes consumed), and what it
+/// leaves, it leaves untouched.
+fn short_ack_agrees_with_decode(bytes: &[u8], version: ProtocolVersion) {
+    let mut fast = BytesMut::from(bytes);
+    let mut full = BytesMut::from(bytes);
+    match decode_short_ack(&mut fast) {
+        Some((kind, packet_id)) => {
+            let expected = Packet::PubResp(PubResp {
+                kind,
+                packet_id,
+                reason: ReasonCode::Success,
+                properties: Default::default(),
+            });
+            assert_eq!(decode(&mut full, version, usize::MAX), Ok(Some(expected)));
+            assert_eq!(fast, full, "the same bytes consumed");
+        }
+        None => assert_eq!(&fast[..], bytes, "left as it was"),
+    }
+}
 
 /// Decodes every packet in `bytes`, stopping at the first incomplete or bad one; for each
 /// packet decoded, checks that encoding it and decoding the result gives it back.
@@ -37,6 +59,24 @@ proptest! {
         );
         prop_assert_eq!(decode(&mut buf, version, len), Ok(Some(packet)));
         prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn the_short_ack_reader_agrees_with_decode((version, packet) in versioned_packet()) {
+        let encoded = encode_to_bytes(&packet, version).unwrap();
+        short_ack_agrees_with_decode(&encoded, version);
+        for cut in 0..encoded.len() {
+            short_ack_agrees_with_decode(&encoded[..cut], version);
+        }
+    }
+
+    #[test]
+    fn the_short_ack_reader_agrees_with_decode_on_any_bytes(
+        bytes in vec(any::<u8>(), 0..8),
+        v5 in any::<bool>(),
+    ) {
+        let version = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+        short_ack_agrees_with_decode(&bytes, version);
     }
 
     #[test]
