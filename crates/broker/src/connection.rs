@@ -281,62 +281,32 @@ fn fit_read_buffer(rbuf: &mut BytesMut, read: usize, spare: usize) {
     }
 }
 
-/// A packet read from a client, with PUBACK and PUBCOMP set apart (see `handle_buffered`).
-#[allow(
-    clippy::large_enum_variant,
-    reason = "made and matched at once, never stored; boxing would allocate for every PUBLISH"
-)]
-enum Incoming {
-    /// A PUBACK or PUBCOMP: the kind and the packet id.
-    Settles(PubRespKind, u16),
-    Other(Packet),
-}
-
-/// The next whole packet in `rbuf`. Nearly every acknowledgement comes in its 4-byte form,
-/// which is read without building a `Packet` (with its `Properties`) for it.
-fn next_packet(
-    rbuf: &mut BytesMut,
-    version: ProtocolVersion,
-    max_packet: usize,
-) -> Result<Option<Incoming>, thingd_mqtt::DecodeError> {
-    if let Some((kind, packet_id)) = thingd_mqtt::decode_short_ack(rbuf) {
-        return Ok(Some(Incoming::Settles(kind, packet_id)));
-    }
-    Ok(
-        thingd_mqtt::decode(rbuf, version, max_packet)?.map(|p| match p {
-            Packet::PubResp(r) if matches!(r.kind, PubRespKind::PubAck | PubRespKind::PubComp) => {
-                Incoming::Settles(r.kind, r.packet_id)
-            }
-            other => Incoming::Other(other),
-        }),
-    )
-}
-
 impl Conn {
     /// Handles every complete packet in `rbuf`, stopping early when a publish found a
     /// receiver too slow (the rest waits in the buffer until the receivers drain).
     ///
-    /// PUBACKs and PUBCOMPs read in a row are settled together: each frees its message,
-    /// and the queue is pumped once after the last (before any other packet is handled),
-    /// with one set of effects. A receiver of a fan-out acknowledges dozens of messages in
-    /// one read; one at a time, each cost a clock read, a metrics update every thread shares
-    /// and locks on the outbound queue.
+    /// PUBACKs and PUBCOMPs in their 4-byte form (nearly all of them) are read without
+    /// building a `Packet`, and those read in a row are settled together: each frees its
+    /// message, and the queue is pumped once after the last (before any other packet is
+    /// handled), with one set of effects. A receiver of a fan-out acknowledges dozens of
+    /// messages in one read; one at a time, each cost a clock read, a metrics update every
+    /// thread shares and locks on the outbound queue. Longer acknowledgements (with a reason
+    /// or properties) go through `on_pubresp` one by one.
     fn handle_buffered(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), End> {
         let mut settled: Option<Effects> = None;
         let outcome = loop {
             if self.pacing.paused() {
                 break Ok(());
             }
-            match next_packet(rbuf, self.version, max_packet) {
-                Ok(Some(Incoming::Settles(kind, packet_id))) => {
-                    let mut fx = settled.take().unwrap_or_else(|| self.shared.effects());
-                    let outcome = self.settle(packet_id, kind, &mut fx);
-                    settled = Some(fx);
-                    if let Err(end) = outcome {
-                        break Err(end);
-                    }
+            if let Some((kind, packet_id)) = thingd_mqtt::decode_short_ack(rbuf) {
+                let fx = settled.get_or_insert_with(|| self.shared.effects());
+                if let Err(end) = self.settle(packet_id, kind, fx) {
+                    break Err(end);
                 }
-                Ok(Some(Incoming::Other(p))) => {
+                continue;
+            }
+            match thingd_mqtt::decode(rbuf, self.version, max_packet) {
+                Ok(Some(p)) => {
                     if let Some(fx) = settled.take() {
                         self.pump_with(fx);
                     }
@@ -627,7 +597,7 @@ impl Conn {
     }
 
     /// PUBACK or PUBCOMP: frees the message in flight; the caller pumps the queue after.
-    fn settle(&mut self, packet_id: u16, kind: PubRespKind, fx: &mut Effects) -> Result<(), End> {
+    fn settle(&self, packet_id: u16, kind: PubRespKind, fx: &mut Effects) -> Result<(), End> {
         let mut s = self.cell.lock();
         if !s.is_current(self.conn_id) {
             return Err(End::TakenOver);
