@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use thingd_mqtt::{ProtocolVersion, QoS, SubscriptionOptions};
 use thingd_store::{SessionRecord, Store, WriteOp};
-use thingd_topic::SubscriptionIndex;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +20,7 @@ use crate::message::{AppMsg, Clock, Delivery};
 use crate::metrics;
 use crate::persist;
 use crate::retained::Retained;
+use crate::routes::{Member, Routes, Subscriptions};
 use crate::session::{Control, Effects, Link, Session, SessionCell, Will};
 use crate::{Authorizer, BrokerConfig};
 
@@ -49,7 +49,7 @@ pub(crate) struct Shared {
     /// sweep looks at these alone, not at every session a second. Taken after `sessions`
     /// and a session's lock, never before.
     expiring: Mutex<BTreeMap<(u64, usize), Arc<SessionCell>>>,
-    pub(crate) index: RwLock<SubscriptionIndex<SubKey, SubVal>>,
+    pub(crate) index: Subscriptions,
     pub(crate) retained: Retained,
     next_conn_id: AtomicU64,
     share_rr: AtomicUsize,
@@ -117,7 +117,7 @@ impl Shared {
             clock: Clock::new(),
             sessions: Mutex::new(HashMap::new()),
             expiring: Mutex::new(BTreeMap::new()),
-            index: RwLock::new(SubscriptionIndex::new()),
+            index: Subscriptions::new(),
             retained: Retained::default(),
             next_conn_id: AtomicU64::new(1),
             share_rr: AtomicUsize::new(0),
@@ -191,9 +191,11 @@ impl Shared {
     /// what had to be durable (a retained QoS ≥ 1 message, copies for persistent sessions)
     /// committed. Shared by client PUBLISHes and in-process publishes.
     /// Also hands back the receivers the message left with a nearly full outbound queue.
+    /// `routes`: see `route`.
     pub(crate) fn publish(
         &self,
         msg: &Arc<AppMsg>,
+        routes: &mut Option<Box<Routes>>,
     ) -> (
         Option<oneshot::Receiver<bool>>,
         Vec<crate::pace::SlowReceiver>,
@@ -208,71 +210,37 @@ impl Shared {
                 fx.durable.push(op);
             }
         }
-        self.route(msg, &mut fx);
+        self.route(msg, &mut fx, routes);
         let slow = std::mem::take(&mut fx.slow);
         (self.commit(fx), slow)
     }
 
-    /// Delivers `msg` to every matching subscription.
-    pub(crate) fn route(&self, msg: &Arc<AppMsg>, fx: &mut Effects) {
-        struct Target {
-            cell: Arc<SessionCell>,
-            qos: QoS,
-            rap: bool,
-            ids: Vec<u32>,
-        }
-        type Member = (Arc<SessionCell>, SubscriptionOptions, Option<u32>);
-        // Every matching subscription, then merged per session: a session with several
-        // matching filters gets one copy (MQTT 5, 3.3.4). Sorting by session beat a hash
-        // map keyed by session in the fan-out profile (one hash and insert per receiver).
-        let mut direct: Vec<(usize, Target)> = Vec::new();
-        let mut groups: HashMap<(Arc<str>, String), Vec<Member>> = HashMap::new();
-        {
-            let index = self.index.read();
-            index.for_each_match(&msg.topic, |filter, key, val| match &key.group {
-                None => {
-                    if val.opts.no_local && msg.origin.as_deref() == Some(&*key.client) {
-                        return;
-                    }
-                    direct.push((
-                        Arc::as_ptr(&val.cell) as usize,
-                        Target {
-                            cell: val.cell.clone(),
-                            qos: val.opts.qos,
-                            rap: val.opts.retain_as_published,
-                            ids: val.id.into_iter().collect(),
-                        },
-                    ));
-                }
-                Some(g) => groups
-                    .entry((g.clone(), filter.to_owned()))
-                    .or_default()
-                    .push((val.cell.clone(), val.opts, val.id)),
-            });
-        }
-        direct.sort_unstable_by_key(|(session, _)| *session);
-        direct.dedup_by(|(session, t), (kept_session, kept)| {
-            let same = session == kept_session;
-            if same {
-                kept.qos = kept.qos.max(t.qos);
-                kept.rap |= t.rap;
-                kept.ids.append(&mut t.ids);
-            }
-            same
-        });
+    /// Delivers `msg` to every matching subscription. `routes` are the receivers worked out
+    /// for an earlier message of the caller's, used again when they still hold.
+    pub(crate) fn route(
+        &self,
+        msg: &Arc<AppMsg>,
+        fx: &mut Effects,
+        routes: &mut Option<Box<Routes>>,
+    ) {
+        let origin = msg.origin.as_ref();
+        let routes = match routes {
+            Some(r) if r.still_for(&self.index, &msg.topic, origin) => r,
+            _ => routes.insert(Box::new(Routes::find(&self.index, &msg.topic, origin))),
+        };
         // One receiver: its encoding is not kept with the message for others.
-        fx.share_frames = direct.len() + groups.len() > 1;
-        for (_, t) in direct {
+        fx.share_frames = routes.receivers() > 1;
+        for t in &routes.direct {
             let d = Delivery {
                 msg: msg.clone(),
                 qos: msg.qos.min(t.qos),
                 retain: msg.retain && t.rap,
-                sub_ids: t.ids,
+                sub_ids: t.ids.clone(),
                 seq: None,
             };
             t.cell.lock().offer(d, fx);
         }
-        for members in groups.into_values() {
+        for members in &routes.groups {
             self.deliver_shared(msg, members, fx);
         }
         fx.share_frames = true;
@@ -280,12 +248,7 @@ impl Shared {
 
     /// One member of a share group gets the message: the next online one (round robin), or,
     /// with nobody online, a member with a persistent session queues it (QoS ≥ 1).
-    fn deliver_shared(
-        &self,
-        msg: &Arc<AppMsg>,
-        members: Vec<(Arc<SessionCell>, SubscriptionOptions, Option<u32>)>,
-        fx: &mut Effects,
-    ) {
+    fn deliver_shared(&self, msg: &Arc<AppMsg>, members: &[Member], fx: &mut Effects) {
         let n = members.len();
         if n == 0 {
             return;

@@ -415,6 +415,7 @@ async fn accept(
         wbuf,
         rate_window: (0, 0),
         pacing: Default::default(),
+        routes: None,
     };
     Ok(Accepted { conn, rx })
 }

@@ -22,6 +22,7 @@ use crate::connect::{handshake, packet_name};
 use crate::message::{AppMsg, Delivery, expiry_from, forwardable};
 use crate::outbound::Received;
 use crate::pace::Pacing;
+use crate::routes::Routes;
 use crate::session::{Control, Effects, SessionCell, SubRecord, pubrel};
 use crate::{ConnectionInfo, ConnectionPolicy, metrics, reserved};
 
@@ -95,6 +96,8 @@ pub(crate) struct Conn {
     pub(crate) rate_window: (u64, u32),
     /// Receivers this connection's publishes filled up: it reads no more until they drain.
     pub(crate) pacing: Pacing,
+    /// The receivers of the last topic published to, kept while one read is handled.
+    pub(crate) routes: Option<Box<Routes>>,
 }
 
 enum Event {
@@ -326,6 +329,8 @@ impl Conn {
         if let Some(fx) = settled {
             self.pump_with(fx);
         }
+        // The routes hold the receivers' sessions; not kept past the read.
+        self.routes = None;
         outcome
     }
 
@@ -586,7 +591,7 @@ impl Conn {
             origin: Some(self.client_id.clone()),
             frames: Default::default(),
         });
-        let (wait, slow) = self.shared.publish(&msg);
+        let (wait, slow) = self.shared.publish(&msg, &mut self.routes);
         self.pacing.add(slow);
         match p.qos {
             QoS::AtMostOnce => {}

@@ -61,6 +61,7 @@ mod pace;
 mod persist;
 mod reserved;
 mod retained;
+mod routes;
 mod session;
 mod will;
 
@@ -403,7 +404,7 @@ impl Broker {
             frames: Default::default(),
         });
         // Nothing to store: already as durable as it gets.
-        Ok(shared.publish(&msg).0.unwrap_or_else(|| {
+        Ok(shared.publish(&msg, &mut None).0.unwrap_or_else(|| {
             let (done, rx) = tokio::sync::oneshot::channel();
             let _ = done.send(true);
             rx

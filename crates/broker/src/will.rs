@@ -33,7 +33,7 @@ impl Shared {
         if msg.retain {
             fx.detached.push(self.retained.set(&msg));
         }
-        self.route(&msg, &mut fx);
+        self.route(&msg, &mut fx, &mut None);
         crate::metrics::message_in(msg.qos);
         // Nobody waits for a will's durability.
         let rx = self.commit(fx);

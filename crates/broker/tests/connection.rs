@@ -581,6 +581,52 @@ async fn acknowledgements_read_together_free_their_room_together() {
     s.expect_nothing().await;
 }
 
+/// A publisher's PUBLISHes to one topic in one read share the receivers worked out for the
+/// first; a SUBSCRIBE or UNSUBSCRIBE in between (here the publisher's own, in the same read)
+/// must change who gets the ones after it.
+#[tokio::test]
+async fn subscribing_between_publishes_of_one_read_changes_who_receives() {
+    let h = Harness::new();
+    let mut all = h.client(V5, "all").await;
+    all.subscribe("r", QoS::AtMostOnce).await;
+    let mut p = h.client(V5, "p").await;
+    let mut bytes = BytesMut::new();
+    let packets = [
+        publish("r", &[1], QoS::AtMostOnce, false, None),
+        Packet::Subscribe(thingd_mqtt::Subscribe {
+            packet_id: 1,
+            filters: vec![(ByteStr::from("r"), SubscriptionOptions::default())],
+            properties: Properties::default(),
+        }),
+        publish("r", &[2], QoS::AtMostOnce, false, None),
+        Packet::Unsubscribe(thingd_mqtt::Unsubscribe {
+            packet_id: 2,
+            filters: vec![ByteStr::from("r")],
+            properties: Properties::default(),
+        }),
+        publish("r", &[3], QoS::AtMostOnce, false, None),
+    ];
+    for packet in &packets {
+        thingd_mqtt::encode(packet, V5, &mut bytes).unwrap();
+    }
+    p.send_raw(&bytes).await;
+    let mut own = Vec::new();
+    let mut acks = 0;
+    while acks < 2 || own.is_empty() {
+        match p.recv().await {
+            Packet::Publish(m) => own.push(m.payload[0]),
+            Packet::SubAck(_) | Packet::UnsubAck(_) => acks += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    p.expect_nothing().await;
+    assert_eq!(own, [2]);
+    for i in 1..=3u8 {
+        assert_eq!(&all.expect_publish().await.payload[..], &[i]);
+    }
+    all.expect_nothing().await;
+}
+
 #[tokio::test]
 async fn qos2_duplicate_publish_delivered_once_and_unknown_pubrel() {
     let h = Harness::new();
