@@ -50,6 +50,52 @@ fn smoke_comparison_delivers_everything() {
     assert!(!stdout.contains("missing:"), "{stdout}");
 }
 
+/// A broker named in `--brokers` that is not installed fails the smoke run before anything
+/// runs, and says which one.
+#[test]
+fn smoke_fails_at_once_when_a_named_broker_is_missing() {
+    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
+        .args(["compare", "--smoke", "--brokers", "thingd,rumqttd"])
+        .arg("--thingd")
+        .arg(thingd_binary())
+        .env("RUMQTTD_BIN", "/nonexistent/rumqttd")
+        .output()
+        .expect("run thingd-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("required broker rumqttd is missing"),
+        "{stderr}"
+    );
+    // Nothing ran: no table was printed.
+    assert!(!stdout.contains("| thingd |"), "{stdout}");
+}
+
+/// Without `--brokers`, a peer that is not installed is reported as missing, in the table
+/// and on stderr, and the smoke run of the others still decides the outcome.
+#[test]
+fn smoke_reports_a_missing_peer_it_was_not_asked_for() {
+    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
+        .args(["compare", "--smoke", "--transports", "tcp", "--only", "1→1"])
+        .arg("--thingd")
+        .arg(thingd_binary())
+        .env("RUMQTTD_BIN", "/nonexistent/rumqttd")
+        .output()
+        .expect("run thingd-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("rumqttd is missing and is not run"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("| rumqttd | missing:"), "{stdout}");
+    for broker in ["| thingd |", "| mosquitto |"] {
+        assert!(stdout.contains(broker), "{broker} missing from:\n{stdout}");
+    }
+}
+
 #[test]
 fn smoke_shadow_updates_are_accepted() {
     let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
