@@ -333,6 +333,16 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     if let Some(only) = &args.only {
         list.retain(|s| s.name().contains(only.as_str()));
     }
+    // A scenario needing more connections than the open-file limit allows is not run, and
+    // says so (stderr and the report).
+    let too_big: Vec<String> = list
+        .iter()
+        .filter(|s| s.connections() > max_idle)
+        .map(|s| format!("{} ({} connections)", s.name(), s.connections()))
+        .collect();
+    for name in &too_big {
+        eprintln!("not run: {name}: the open-file limit ({nofile}) allows about {max_idle}");
+    }
     list.retain(|s| s.connections() <= max_idle);
 
     let thingd = thingd_binary(args.thingd.clone())?;
@@ -479,7 +489,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
              - Machine: {}.\n\
              - Load average (1/5/15 min) before the run: {load_before}; after: {load_after}. \
              The load generator runs on the same machine as the broker under test.\n\
-             - Open-file limit raised to {nofile}{}{}.\n\
+             - Open-file limit raised to {nofile}{}{}{}.\n\
              - Load generator: `thingd-bench` ({} build, {}), MQTT 3.1.1 on the `thingd-mqtt` \
              codec, tokio, tokio-rustls with aws-lc-rs; one multi-threaded tokio runtime.\n",
             if args.smoke { " (smoke counts)" } else { "" },
@@ -498,6 +508,11 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                 )
             } else {
                 String::new()
+            },
+            if too_big.is_empty() {
+                String::new()
+            } else {
+                format!("; not run for lack of descriptors: {}", too_big.join(", "))
             },
             if cfg!(debug_assertions) {
                 "debug"

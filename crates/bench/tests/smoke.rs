@@ -96,6 +96,44 @@ fn smoke_reports_a_missing_peer_it_was_not_asked_for() {
     }
 }
 
+/// Under an open-file limit too low for a scenario, the scenario is not run and the tool
+/// says which one and why; the rest still run.
+#[test]
+fn a_scenario_beyond_the_open_file_limit_is_named_not_dropped_silently() {
+    let bench = env!("CARGO_BIN_EXE_thingd-bench");
+    // 1,050 descriptors leave the tool 50 connections: the smoke fixed-rate run that holds
+    // 40 idle connections besides its 10 pairs (60 in all) cannot run.
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(r#"ulimit -n 1050 && exec "$0" "$@""#)
+        .arg(bench)
+        .args([
+            "compare",
+            "--smoke",
+            "--brokers",
+            "thingd",
+            "--transports",
+            "tcp",
+        ])
+        .arg("--thingd")
+        .arg(thingd_binary())
+        .output()
+        .expect("run thingd-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let held = "10:10 at 100 msg/s QoS 1 16 B + 40 idle";
+    assert!(
+        stderr.contains(&format!("not run: {held} (60 connections)")),
+        "{stderr}"
+    );
+    assert!(!stdout.contains(held), "{stdout}");
+    assert!(
+        stdout.contains("| 50 idle connections | TCP | thingd |"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn smoke_shadow_updates_are_accepted() {
     let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
