@@ -6,6 +6,7 @@
 //! own SAVEPOINT: if one of its ops fails, only that request is rolled back and told so; the
 //! others in the batch still commit. Replies are sent only after the COMMIT has returned.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -55,9 +56,30 @@ struct Request {
     reply: Option<Reply>,
 }
 
+/// Queued messages deleted before they were stored, by session and `seq`, with when (Unix
+/// seconds). A broker hands a message's `PushMessage` to the store once it has offered the
+/// message to every receiver, while a receiver quick to acknowledge it submits the
+/// `DeleteMessage` from another thread, so the delete can arrive first. The push that follows
+/// is then skipped: storing it would bring an acknowledged message back after a restart. A
+/// push comes within moments of its delete, so entries older than [`TOMBSTONE_SECS`] are
+/// dropped; deleting a session drops its entries (a new session numbers its messages afresh).
+#[derive(Default)]
+struct Tombstones(HashMap<(String, u64), i64>);
+
+const TOMBSTONE_SECS: i64 = 60;
+
+impl Tombstones {
+    fn prune(&mut self, now: i64) {
+        if !self.0.is_empty() {
+            self.0.retain(|_, at| now - *at < TOMBSTONE_SECS);
+        }
+    }
+}
+
 /// The writer thread's body. Returns when it receives `Close` or every sender is gone.
 pub(crate) fn run(mut conn: Connection, rx: Receiver<Command>, counters: Arc<Counters>) {
     let mut batch: Vec<Request> = Vec::new();
+    let mut tombstones = Tombstones::default();
     loop {
         let mut closing = false;
         match rx.recv() {
@@ -74,7 +96,7 @@ pub(crate) fn run(mut conn: Connection, rx: Receiver<Command>, counters: Arc<Cou
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        commit_batch(&mut conn, &mut batch, &counters);
+        commit_batch(&mut conn, &mut batch, &counters, &mut tombstones);
         if closing {
             break;
         }
@@ -85,8 +107,13 @@ pub(crate) fn run(mut conn: Connection, rx: Receiver<Command>, counters: Arc<Cou
 }
 
 /// Applies and commits one batch, then answers every request in it.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>, counters: &Counters) {
-    let outcome = apply_batch(conn, batch);
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Request>,
+    counters: &Counters,
+    tombstones: &mut Tombstones,
+) {
+    let outcome = apply_batch(conn, batch, tombstones);
     counters.transactions.fetch_add(1, Ordering::Relaxed);
     counters
         .requests
@@ -138,14 +165,16 @@ fn answer(reply: Option<Reply>, result: Result<(), StoreError>) {
 fn apply_batch(
     conn: &Connection,
     batch: &[Request],
+    tombstones: &mut Tombstones,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let now = unix_now();
+    tombstones.prune(now);
     exec(conn, "BEGIN IMMEDIATE")?;
     let mut results = Vec::with_capacity(batch.len());
     for request in batch {
         exec(conn, "SAVEPOINT request")?;
         let outcome = match &request.ops {
-            Work::Ops(ops) => apply_ops(conn, ops, now),
+            Work::Ops(ops) => apply_ops(conn, ops, now, tombstones),
             Work::Func(f) => match f.lock().ok().and_then(|mut f| f.take()) {
                 Some(f) => f(conn),
                 None => Err(StoreError::Corrupt(
@@ -176,11 +205,22 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn apply_ops(conn: &Connection, ops: &[WriteOp], now: i64) -> Result<(), StoreError> {
-    ops.iter().try_for_each(|op| apply(conn, op, now))
+fn apply_ops(
+    conn: &Connection,
+    ops: &[WriteOp],
+    now: i64,
+    tombstones: &mut Tombstones,
+) -> Result<(), StoreError> {
+    ops.iter()
+        .try_for_each(|op| apply(conn, op, now, tombstones))
 }
 
-fn apply(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError> {
+fn apply(
+    conn: &Connection,
+    op: &WriteOp,
+    now: i64,
+    tombstones: &mut Tombstones,
+) -> Result<(), StoreError> {
     match op {
         WriteOp::InsertCertificate(cert) => {
             let inserted = conn
@@ -243,6 +283,7 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError> {
             Ok(())
         }
         WriteOp::DeleteSession { client_id } => {
+            tombstones.0.retain(|(client, _), _| client != client_id);
             // The foreign key's ON DELETE CASCADE removes the queued messages.
             conn.prepare_cached("DELETE FROM sessions WHERE client_id = ?1")?
                 .execute([client_id])?;
@@ -253,6 +294,10 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError> {
             seq,
             blob,
         } => {
+            if !tombstones.0.is_empty() && tombstones.0.remove(&(client_id.clone(), *seq)).is_some()
+            {
+                return Ok(());
+            }
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO session_messages (client_id, seq, blob) VALUES (?1, ?2, ?3)",
@@ -269,8 +314,12 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError> {
             }
         }
         WriteOp::DeleteMessage { client_id, seq } => {
-            conn.prepare_cached("DELETE FROM session_messages WHERE client_id = ?1 AND seq = ?2")?
+            let deleted = conn
+                .prepare_cached("DELETE FROM session_messages WHERE client_id = ?1 AND seq = ?2")?
                 .execute(rusqlite::params![client_id, seq_to_sql(*seq)?])?;
+            if deleted == 0 {
+                tombstones.0.insert((client_id.clone(), *seq), now);
+            }
             Ok(())
         }
         WriteOp::PutRetained { topic, blob } => {

@@ -193,6 +193,55 @@ fn session_and_message_ops() {
     );
 }
 
+/// A receiver can acknowledge a message (its `DeleteMessage`, submitted by one thread) before
+/// the broker has handed the message's `PushMessage` to the store (another thread). The late
+/// push must not store it: after a restart the acknowledged message would be delivered again.
+#[test]
+fn a_message_deleted_before_it_was_stored_stays_deleted() {
+    let (_dir, path) = db();
+    let store = open(&path);
+    store
+        .write_blocking(vec![WriteOp::PutSession(session("c1"))])
+        .unwrap();
+    let delete = |seq| WriteOp::DeleteMessage {
+        client_id: "c1".to_owned(),
+        seq,
+    };
+    store.write_detached(vec![delete(7)]);
+    store
+        .write_blocking(vec![push("c1", 7), push("c1", 8)])
+        .unwrap();
+    let seqs = |store: &Store| -> Vec<u64> {
+        store
+            .messages("c1")
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    };
+    assert_eq!(seqs(&store), vec![8]);
+    // Only once: the same seq pushed again is stored (and is a duplicate of nothing).
+    store.write_blocking(vec![push("c1", 7)]).unwrap();
+    assert_eq!(seqs(&store), vec![7, 8]);
+    // A session started afresh numbers its messages from the start again: a delete that
+    // matched nothing in the old session does not swallow the new session's message.
+    store.write_blocking(vec![delete(9)]).unwrap();
+    store
+        .write_blocking(vec![
+            WriteOp::DeleteSession {
+                client_id: "c1".to_owned(),
+            },
+            WriteOp::PutSession(session("c1")),
+            push("c1", 9),
+        ])
+        .unwrap();
+    assert_eq!(seqs(&store), vec![9]);
+    // Still there after a restart.
+    drop(store);
+    let store = open(&path);
+    assert_eq!(seqs(&store), vec![9]);
+}
+
 #[test]
 fn delete_session_cascades_to_messages() {
     let (_dir, path) = db();
