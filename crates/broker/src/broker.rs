@@ -240,20 +240,26 @@ impl Shared {
             };
             t.cell.lock().offer(d, fx);
         }
-        for members in &routes.groups {
-            self.deliver_shared(msg, members, fx);
+        // The message takes the next turn in every share group: one counter per message, not
+        // per group, or with two groups every other turn would fall to the same member.
+        if !routes.groups.is_empty() {
+            let turn = self.share_rr.fetch_add(1, Ordering::Relaxed);
+            for members in &routes.groups {
+                self.deliver_shared(msg, members, turn, fx);
+            }
         }
         fx.share_frames = true;
     }
 
-    /// One member of a share group gets the message: the next online one (round robin), or,
-    /// with nobody online, a member with a persistent session queues it (QoS ≥ 1).
-    fn deliver_shared(&self, msg: &Arc<AppMsg>, members: &[Member], fx: &mut Effects) {
+    /// One member of a share group gets the message: the online one whose `turn` it is (round
+    /// robin) or the next online after it, or, with nobody online, a member with a persistent
+    /// session queues it (QoS ≥ 1).
+    fn deliver_shared(&self, msg: &Arc<AppMsg>, members: &[Member], turn: usize, fx: &mut Effects) {
         let n = members.len();
         if n == 0 {
             return;
         }
-        let start = self.share_rr.fetch_add(1, Ordering::Relaxed);
+        let start = turn;
         let delivery = |opts: &SubscriptionOptions, id: &Option<u32>| Delivery {
             msg: msg.clone(),
             qos: msg.qos.min(opts.qos),

@@ -399,6 +399,40 @@ async fn shared_subscription_distribution() {
     assert!(na > 0 && nb > 0, "a={na} b={nb}");
 }
 
+/// Two share groups on one topic, two members each: with one publisher every member gets
+/// every other message of its group (round robin per group, whatever the other group does).
+#[tokio::test]
+async fn two_share_groups_on_one_topic_each_take_turns() {
+    let h = Harness::new();
+    let mut members = Vec::new();
+    for (name, group) in [("g1a", "g1"), ("g1b", "g1"), ("g2a", "g2"), ("g2b", "g2")] {
+        let mut c = h.client(V3, name).await;
+        c.subscribe(&format!("$share/{group}/w/+"), QoS::AtMostOnce)
+            .await;
+        members.push(c);
+    }
+    let mut p = h.client(V5, "pub").await;
+    // Both in one read and one at a time.
+    let mut bytes = BytesMut::new();
+    for i in 0..10u8 {
+        let packet = publish("w/x", &[i], QoS::AtMostOnce, false, None);
+        thingd_mqtt::encode(&packet, V5, &mut bytes).unwrap();
+    }
+    p.send_raw(&bytes).await;
+    for i in 10..20u8 {
+        p.publish("w/x", &[i], QoS::AtMostOnce, false).await;
+    }
+    let mut counts = Vec::new();
+    for m in &mut members {
+        let mut n = 0;
+        while let Ok(Some(Packet::Publish(_))) = m.try_recv(Duration::from_millis(200)).await {
+            n += 1;
+        }
+        counts.push(n);
+    }
+    assert_eq!(counts, [10, 10, 10, 10]);
+}
+
 #[tokio::test]
 async fn shared_and_plain_subscription_on_same_client() {
     let h = Harness::new();
