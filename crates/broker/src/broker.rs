@@ -5,12 +5,14 @@
 //! Lock order: `sessions` map → one session cell → `index` → retained. The fan-out reads the
 //! index, releases it, and only then locks the receiving sessions one at a time.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use thingd_mqtt::{ProtocolVersion, QoS, SubscriptionOptions};
 use thingd_store::{SessionRecord, Store, WriteOp};
 use tokio::sync::{Notify, oneshot};
@@ -186,69 +188,104 @@ impl Shared {
         Some(rx)
     }
 
-    /// Publishes an accepted application message: stores it as retained if it is, delivers
-    /// it to every matching subscription, and submits the writes. The receiver yields whether
-    /// what had to be durable (a retained QoS ≥ 1 message, copies for persistent sessions)
-    /// committed. Shared by client PUBLISHes and in-process publishes.
-    /// Also hands back the receivers the message left with a nearly full outbound queue.
-    /// `routes`: see `route`.
-    pub(crate) fn publish(
+    /// Publishes accepted application messages, all to one topic from one publisher, in
+    /// order: stores each that is retained, delivers them to every matching subscription, and
+    /// submits each one's writes. `committed(i, rx)` is called for each message in order; `rx`
+    /// yields whether what had to be durable (a retained QoS ≥ 1 message, copies for
+    /// persistent sessions) committed, `None` when nothing was. Returns the receivers the
+    /// messages left with a nearly full outbound queue. Shared
+    /// by client PUBLISHes (those read together) and in-process publishes. `routes`: see
+    /// `route`.
+    pub(crate) fn publish<M: Borrow<Arc<AppMsg>>>(
         &self,
-        msg: &Arc<AppMsg>,
+        msgs: &[M],
         routes: &mut Option<Box<Routes>>,
-    ) -> (
-        Option<oneshot::Receiver<bool>>,
-        Vec<crate::pace::SlowReceiver>,
-    ) {
-        metrics::message_in(msg.qos);
-        let mut fx = self.effects();
-        if msg.retain {
-            let op = self.retained.set(msg);
-            if msg.qos == QoS::AtMostOnce {
-                fx.detached.push(op);
-            } else {
-                fx.durable.push(op);
-            }
+        mut committed: impl FnMut(usize, Option<oneshot::Receiver<bool>>),
+    ) -> Vec<crate::pace::SlowReceiver> {
+        // Most reads carry one PUBLISH: its effects stay on the stack.
+        let mut fxs: SmallVec<[Effects; 1]> = msgs
+            .iter()
+            .map(|msg| {
+                let msg = msg.borrow();
+                metrics::message_in(msg.qos);
+                let mut fx = self.effects();
+                if msg.retain {
+                    let op = self.retained.set(msg);
+                    if msg.qos == QoS::AtMostOnce {
+                        fx.detached.push(op);
+                    } else {
+                        fx.durable.push(op);
+                    }
+                }
+                fx
+            })
+            .collect();
+        self.route(msgs, &mut fxs, routes);
+        let mut slow = Vec::new();
+        for (i, mut fx) in fxs.into_iter().enumerate() {
+            slow.append(&mut fx.slow);
+            committed(i, self.commit(fx));
         }
-        self.route(msg, &mut fx, routes);
-        let slow = std::mem::take(&mut fx.slow);
-        (self.commit(fx), slow)
+        slow
     }
 
-    /// Delivers `msg` to every matching subscription. `routes` are the receivers worked out
-    /// for an earlier message of the caller's, used again when they still hold.
-    pub(crate) fn route(
+    /// Delivers `msgs` (one topic, one publisher; each with its effects in `fxs`) to every
+    /// matching subscription. `routes` are the receivers worked out for an earlier message of
+    /// the caller's, used again when they still hold.
+    pub(crate) fn route<M: Borrow<Arc<AppMsg>>>(
         &self,
-        msg: &Arc<AppMsg>,
-        fx: &mut Effects,
+        msgs: &[M],
+        fxs: &mut [Effects],
         routes: &mut Option<Box<Routes>>,
     ) {
-        let origin = msg.origin.as_ref();
+        let Some(first) = msgs.first().map(Borrow::borrow) else {
+            return;
+        };
+        debug_assert!(
+            msgs.iter()
+                .map(Borrow::borrow)
+                .all(|m: &Arc<AppMsg>| m.topic == first.topic && m.origin == first.origin)
+        );
+        let origin = first.origin.as_ref();
         let routes = match routes {
-            Some(r) if r.still_for(&self.index, &msg.topic, origin) => r,
-            _ => routes.insert(Box::new(Routes::find(&self.index, &msg.topic, origin))),
+            Some(r) if r.still_for(&self.index, &first.topic, origin) => r,
+            _ => routes.insert(Box::new(Routes::find(&self.index, &first.topic, origin))),
         };
         // One receiver: its encoding is not kept with the message for others.
-        fx.share_frames = routes.receivers() > 1;
-        for t in &routes.direct {
-            let d = Delivery {
-                msg: msg.clone(),
-                qos: msg.qos.min(t.qos),
-                retain: msg.retain && t.rap,
-                sub_ids: t.ids.clone(),
-                seq: None,
-            };
-            t.cell.lock().offer(d, fx);
+        let share = routes.receivers() > 1;
+        for fx in fxs.iter_mut() {
+            fx.share_frames = share;
         }
-        // The message takes the next turn in every share group: one counter per message, not
-        // per group, or with two groups every other turn would fall to the same member.
-        if !routes.groups.is_empty() {
-            let turn = self.share_rr.fetch_add(1, Ordering::Relaxed);
-            for members in &routes.groups {
-                self.deliver_shared(msg, members, turn, fx);
+        // Receiver by receiver: each session is locked once for all the messages, and is
+        // offered them in the order they were published.
+        for t in &routes.direct {
+            let mut s = t.cell.lock();
+            for (msg, fx) in msgs.iter().zip(fxs.iter_mut()) {
+                let msg: &Arc<AppMsg> = msg.borrow();
+                let d = Delivery {
+                    msg: msg.clone(),
+                    qos: msg.qos.min(t.qos),
+                    retain: msg.retain && t.rap,
+                    sub_ids: t.ids.clone(),
+                    seq: None,
+                };
+                s.offer(d, fx);
             }
         }
-        fx.share_frames = true;
+        // Each message takes the next turn in every share group: one counter per message, not
+        // per group, or with two groups every other turn would fall to the same member.
+        for (msg, fx) in msgs.iter().zip(fxs.iter_mut()) {
+            if routes.groups.is_empty() {
+                break;
+            }
+            let turn = self.share_rr.fetch_add(1, Ordering::Relaxed);
+            for members in &routes.groups {
+                self.deliver_shared(msg.borrow(), members, turn, fx);
+            }
+        }
+        for fx in fxs {
+            fx.share_frames = true;
+        }
     }
 
     /// One member of a share group gets the message: the online one whose `turn` it is (round

@@ -415,7 +415,6 @@ async fn accept(
         wbuf,
         rate_window: (0, 0),
         pacing: Default::default(),
-        routes: None,
     };
     Ok(Accepted { conn, rx })
 }

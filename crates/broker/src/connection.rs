@@ -2,12 +2,14 @@
 //! encoded frames filled by the fan-out, batched writes (everything queued per wakeup, then
 //! one flush), keep-alive, and the handlers of every packet after CONNECT.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use smallvec::SmallVec;
 use thingd_mqtt::{
     ByteStr, Disconnect, Packet, Properties, ProtocolVersion, PubResp, PubRespKind, Publish, QoS,
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
@@ -41,6 +43,34 @@ impl PendingAck {
     fn of_publish(&self) -> bool {
         matches!(self.packet, Packet::PubResp(_))
     }
+}
+
+/// PUBLISHes to one topic read together, delivered together: each receiver is locked once
+/// for all of them (`Shared::publish`). Lives for one read.
+#[derive(Default)]
+struct Batch {
+    msgs: SmallVec<[Batched; 4]>,
+    /// The receivers of the last topic published to, used again while they hold.
+    routes: Option<Box<Routes>>,
+}
+
+struct Batched {
+    msg: Arc<AppMsg>,
+    /// Where the message's acknowledgement waits in `Conn::acks`, if it has one.
+    ack_at: Option<usize>,
+}
+
+impl Borrow<Arc<AppMsg>> for Batched {
+    fn borrow(&self) -> &Arc<AppMsg> {
+        &self.msg
+    }
+}
+
+/// Most PUBLISHes delivered together. Publishers are paced once a receiver's outbound queue
+/// is three quarters full, so a batch must also fit in the quarter left (of `outbound_queue`
+/// frames); past 64 there is nothing more to gain.
+fn batch_max(outbound_queue: usize) -> usize {
+    (outbound_queue / 4).clamp(1, 64)
 }
 
 /// How a connection ends.
@@ -96,8 +126,6 @@ pub(crate) struct Conn {
     pub(crate) rate_window: (u64, u32),
     /// Receivers this connection's publishes filled up: it reads no more until they drain.
     pub(crate) pacing: Pacing,
-    /// The receivers of the last topic published to, kept while one read is handled.
-    pub(crate) routes: Option<Box<Routes>>,
 }
 
 enum Event {
@@ -297,11 +325,13 @@ impl Conn {
     /// or properties) go through `on_pubresp` one by one.
     fn handle_buffered(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), End> {
         let mut settled: Option<Effects> = None;
+        let mut batch = Batch::default();
         let outcome = loop {
             if self.pacing.paused() {
                 break Ok(());
             }
             if let Some((kind, packet_id)) = thingd_mqtt::decode_short_ack(rbuf) {
+                self.publish_batch(&mut batch);
                 let fx = settled.get_or_insert_with(|| self.shared.effects());
                 if let Err(end) = self.settle(packet_id, kind, fx) {
                     break Err(end);
@@ -313,7 +343,7 @@ impl Conn {
                     if let Some(fx) = settled.take() {
                         self.pump_with(fx);
                     }
-                    if let Err(end) = self.handle(p) {
+                    if let Err(end) = self.handle(p, &mut batch) {
                         break Err(end);
                     }
                 }
@@ -326,12 +356,30 @@ impl Conn {
                 }
             }
         };
+        self.publish_batch(&mut batch);
         if let Some(fx) = settled {
             self.pump_with(fx);
         }
-        // The routes hold the receivers' sessions; not kept past the read.
-        self.routes = None;
         outcome
+    }
+
+    /// Delivers the PUBLISHes gathered in `batch`, and gives each acknowledgement the wait
+    /// for what its message had to store.
+    fn publish_batch(&mut self, batch: &mut Batch) {
+        if batch.msgs.is_empty() {
+            return;
+        }
+        let acks = &mut self.acks;
+        let msgs = &batch.msgs;
+        let slow = self.shared.publish(msgs, &mut batch.routes, |i, wait| {
+            if let (Some(at), Some(wait)) = (msgs[i].ack_at, wait)
+                && let Some(ack) = acks.get_mut(at)
+            {
+                ack.wait = Some(wait);
+            }
+        });
+        self.pacing.add(slow);
+        batch.msgs.clear();
     }
 
     fn v5(&self) -> bool {
@@ -457,9 +505,15 @@ impl Conn {
         });
     }
 
-    fn handle(&mut self, p: Packet) -> Result<(), End> {
+    /// One packet; a PUBLISH may wait in `batch`, anything else is handled after the batch is
+    /// delivered.
+    fn handle(&mut self, p: Packet, batch: &mut Batch) -> Result<(), End> {
+        if let Packet::Publish(p) = p {
+            return self.on_publish(p, batch);
+        }
+        self.publish_batch(batch);
         match p {
-            Packet::Publish(p) => self.on_publish(p),
+            Packet::Publish(_) => Ok(()),
             Packet::PubResp(r) => self.on_pubresp(r),
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
@@ -495,7 +549,7 @@ impl Conn {
         *count > limit
     }
 
-    fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+    fn on_publish(&mut self, p: Publish, batch: &mut Batch) -> Result<(), End> {
         let rate_limited = self.over_publish_rate();
         let cfg = &self.shared.config;
         let topic = if self.v5() {
@@ -521,11 +575,14 @@ impl Conn {
             .map_err(|(code, why)| End::Violation(code, why))?;
         let pid = p.packet_id.unwrap_or(0);
         if p.qos != QoS::AtMostOnce && self.v5() {
+            // Unacknowledged: those waiting for the store, and those read with this one and
+            // not delivered yet (their acknowledgements get their waits then).
             let waiting = self
                 .acks
                 .iter()
                 .filter(|a| a.wait.is_some() && a.of_publish())
-                .count();
+                .count()
+                + batch.msgs.iter().filter(|b| b.ack_at.is_some()).count();
             let qos2 = self.cell.lock().inbound_qos2.len();
             let duplicate =
                 p.qos == QoS::ExactlyOnce && self.cell.lock().inbound_qos2.contains(&pid);
@@ -591,12 +648,25 @@ impl Conn {
             origin: Some(self.client_id.clone()),
             frames: Default::default(),
         });
-        let (wait, slow) = self.shared.publish(&msg, &mut self.routes);
-        self.pacing.add(slow);
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.push_ack(PubRespKind::PubAck, pid, ReasonCode::Success, wait),
-            QoS::ExactlyOnce => self.push_ack(PubRespKind::PubRec, pid, ReasonCode::Success, wait),
+        // Retained and QoS 2 messages go alone; the rest wait for the next message to the same
+        // topic. The acknowledgement takes its place in line now and gets its wait for the
+        // store when the batch is delivered (before anything is written).
+        let alone = msg.retain || msg.qos == QoS::ExactlyOnce;
+        if alone || batch.msgs.first().is_some_and(|b| b.msg.topic != msg.topic) {
+            self.publish_batch(batch);
+        }
+        let ack = match p.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(PubRespKind::PubAck),
+            QoS::ExactlyOnce => Some(PubRespKind::PubRec),
+        };
+        let ack_at = ack.map(|kind| {
+            self.push_ack(kind, pid, ReasonCode::Success, None);
+            self.acks.len() - 1
+        });
+        batch.msgs.push(Batched { msg, ack_at });
+        if alone || batch.msgs.len() >= batch_max(self.shared.config.outbound_queue) {
+            self.publish_batch(batch);
         }
         Ok(())
     }

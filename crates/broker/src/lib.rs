@@ -404,7 +404,9 @@ impl Broker {
             frames: Default::default(),
         });
         // Nothing to store: already as durable as it gets.
-        Ok(shared.publish(&msg, &mut None).0.unwrap_or_else(|| {
+        let mut wait = None;
+        shared.publish(std::slice::from_ref(&msg), &mut None, |_, w| wait = w);
+        Ok(wait.unwrap_or_else(|| {
             let (done, rx) = tokio::sync::oneshot::channel();
             let _ = done.send(true);
             rx

@@ -33,7 +33,11 @@ impl Shared {
         if msg.retain {
             fx.detached.push(self.retained.set(&msg));
         }
-        self.route(&msg, &mut fx, &mut None);
+        self.route(
+            std::slice::from_ref(&msg),
+            std::slice::from_mut(&mut fx),
+            &mut None,
+        );
         crate::metrics::message_in(msg.qos);
         // Nobody waits for a will's durability.
         let rx = self.commit(fx);

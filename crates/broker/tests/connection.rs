@@ -546,6 +546,79 @@ async fn inbound_receive_maximum() {
         .await;
 }
 
+/// QoS 1 PUBLISHes read together count against the Receive Maximum before any of them is
+/// acknowledged (MQTT 5, 3.3.4), whether or not anything had to be stored for them.
+#[tokio::test]
+async fn inbound_receive_maximum_counts_publishes_read_together() {
+    let config = thingd_broker::BrokerConfig {
+        receive_maximum: 2,
+        ..thingd_broker::BrokerConfig::default()
+    };
+    let h = Harness::with_config(config);
+    let mut p = h.client(V5, "burst").await;
+    let mut bytes = BytesMut::new();
+    for pid in 1..=3u16 {
+        let packet = publish("f", b"x", QoS::AtLeastOnce, false, Some(pid));
+        thingd_mqtt::encode(&packet, V5, &mut bytes).unwrap();
+    }
+    p.send_raw(&bytes).await;
+    p.expect_disconnect(ReasonCode::ReceiveMaximumExceeded)
+        .await;
+}
+
+/// PUBLISHes read together are delivered together per topic: every receiver gets each in
+/// the order sent, and the publisher gets its acknowledgements in that order too.
+#[tokio::test]
+async fn publishes_read_together_arrive_in_order_and_are_acknowledged_in_order() {
+    let h = Harness::new();
+    let mut b1 = h.client(V5, "b1").await;
+    b1.subscribe("b", QoS::AtLeastOnce).await;
+    let mut b2 = h.client(V3, "b2").await;
+    b2.subscribe("#", QoS::AtMostOnce).await;
+    let mut c = h.client(V5, "c").await;
+    c.subscribe("c", QoS::AtLeastOnce).await;
+    let mut p = h.client(V5, "p").await;
+    let topics = ["b", "b", "b", "c", "b", "b", "c", "c", "b"];
+    let mut bytes = BytesMut::new();
+    for (i, topic) in topics.iter().enumerate() {
+        let pid = u16::try_from(i + 1).unwrap();
+        let packet = publish(topic, &[i as u8], QoS::AtLeastOnce, false, Some(pid));
+        thingd_mqtt::encode(&packet, V5, &mut bytes).unwrap();
+    }
+    p.send_raw(&bytes).await;
+    for pid in 1..=topics.len() as u16 {
+        assert_eq!(p.expect_resp(PubRespKind::PubAck).await.packet_id, pid);
+    }
+    let sent_to = |t: &str| -> Vec<u8> {
+        (0..topics.len() as u8)
+            .filter(|i| topics[*i as usize] == t)
+            .collect()
+    };
+    let mut got_b1 = Vec::new();
+    for _ in 0..sent_to("b").len() {
+        let m = b1.expect_publish().await;
+        got_b1.push(m.payload[0]);
+        b1.send(ack(PubRespKind::PubAck, m.packet_id.unwrap()))
+            .await;
+    }
+    assert_eq!(got_b1, sent_to("b"));
+    let mut got_c = Vec::new();
+    for _ in 0..sent_to("c").len() {
+        let m = c.expect_publish().await;
+        got_c.push(m.payload[0]);
+        c.send(ack(PubRespKind::PubAck, m.packet_id.unwrap())).await;
+    }
+    assert_eq!(got_c, sent_to("c"));
+    let mut got_b2 = Vec::new();
+    for _ in 0..topics.len() {
+        got_b2.push(b2.expect_publish().await.payload[0]);
+    }
+    assert_eq!(got_b2, (0..topics.len() as u8).collect::<Vec<_>>());
+    for s in [&mut b1, &mut b2, &mut c] {
+        s.expect_nothing().await;
+    }
+}
+
 #[tokio::test]
 async fn outbound_inflight_limit() {
     let h = Harness::new();
