@@ -27,72 +27,115 @@ fn thingd_binary() -> PathBuf {
     bin
 }
 
-#[test]
-fn smoke_comparison_delivers_everything() {
-    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
-        .args(["compare", "--smoke", "--brokers", "thingd,mosquitto"])
+/// What one run of the tool printed.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!("--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `thingd-bench ARGS --thingd <binary>` with `env` set, under `ulimit -n` when given.
+fn bench(args: &[&str], env: &[(&str, &str)], nofile: Option<u32>) -> Run {
+    let tool = env!("CARGO_BIN_EXE_thingd-bench");
+    let mut command = match nofile {
+        Some(limit) => {
+            let mut c = Command::new("bash");
+            c.arg("-c")
+                .arg(format!(r#"ulimit -n {limit} && exec "$0" "$@""#))
+                .arg(tool);
+            c
+        }
+        None => Command::new(tool),
+    };
+    let output = command
+        .args(args)
         .arg("--thingd")
         .arg(thingd_binary())
+        .envs(env.iter().copied())
         .output()
         .expect("run thingd-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn smoke_comparison_delivers_everything() {
+    let run = bench(
+        &["compare", "--smoke", "--brokers", "thingd,mosquitto"],
+        &[],
+        None,
+    );
     assert!(
-        output.status.success(),
-        "thingd-bench compare --smoke failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
+        run.ok,
+        "thingd-bench compare --smoke failed\n{}",
+        run.describe()
     );
     // Both brokers ran and appear in the table.
     for broker in ["| thingd |", "| mosquitto |"] {
-        assert!(stdout.contains(broker), "{broker} missing from:\n{stdout}");
+        assert!(
+            run.stdout.contains(broker),
+            "{broker} missing:\n{}",
+            run.stdout
+        );
     }
-    assert!(!stdout.contains("FAILED"), "{stdout}");
-    assert!(!stdout.contains("missing:"), "{stdout}");
+    assert!(!run.stdout.contains("FAILED"), "{}", run.stdout);
+    assert!(!run.stdout.contains("missing:"), "{}", run.stdout);
 }
 
 /// A broker named in `--brokers` that is not installed fails the smoke run before anything
 /// runs, and says which one.
 #[test]
 fn smoke_fails_at_once_when_a_named_broker_is_missing() {
-    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
-        .args(["compare", "--smoke", "--brokers", "thingd,rumqttd"])
-        .arg("--thingd")
-        .arg(thingd_binary())
-        .env("RUMQTTD_BIN", "/nonexistent/rumqttd")
-        .output()
-        .expect("run thingd-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    let run = bench(
+        &["compare", "--smoke", "--brokers", "thingd,rumqttd"],
+        &[("RUMQTTD_BIN", "/nonexistent/rumqttd")],
+        None,
+    );
+    assert!(!run.ok, "{}", run.describe());
     assert!(
-        stderr.contains("required broker rumqttd is missing"),
-        "{stderr}"
+        run.stderr.contains("required broker rumqttd is missing"),
+        "{}",
+        run.stderr
     );
     // Nothing ran: no table was printed.
-    assert!(!stdout.contains("| thingd |"), "{stdout}");
+    assert!(!run.stdout.contains("| thingd |"), "{}", run.stdout);
 }
 
 /// Without `--brokers`, a peer that is not installed is reported as missing, in the table
 /// and on stderr, and the smoke run of the others still decides the outcome.
 #[test]
 fn smoke_reports_a_missing_peer_it_was_not_asked_for() {
-    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
-        .args(["compare", "--smoke", "--transports", "tcp", "--only", "1→1"])
-        .arg("--thingd")
-        .arg(thingd_binary())
-        .env("RUMQTTD_BIN", "/nonexistent/rumqttd")
-        .output()
-        .expect("run thingd-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stderr.contains("rumqttd is missing and is not run"),
-        "{stderr}"
+    let run = bench(
+        &["compare", "--smoke", "--transports", "tcp", "--only", "1→1"],
+        &[("RUMQTTD_BIN", "/nonexistent/rumqttd")],
+        None,
     );
-    assert!(stdout.contains("| rumqttd | missing:"), "{stdout}");
+    assert!(run.ok, "{}", run.describe());
+    assert!(
+        run.stderr.contains("rumqttd is missing and is not run"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("| rumqttd | missing:"),
+        "{}",
+        run.stdout
+    );
     for broker in ["| thingd |", "| mosquitto |"] {
-        assert!(stdout.contains(broker), "{broker} missing from:\n{stdout}");
+        assert!(
+            run.stdout.contains(broker),
+            "{broker} missing:\n{}",
+            run.stdout
+        );
     }
 }
 
@@ -100,59 +143,50 @@ fn smoke_reports_a_missing_peer_it_was_not_asked_for() {
 /// says which one and why; the rest still run.
 #[test]
 fn a_scenario_beyond_the_open_file_limit_is_named_not_dropped_silently() {
-    let bench = env!("CARGO_BIN_EXE_thingd-bench");
     // 1,050 descriptors leave the tool 50 connections: the smoke fixed-rate run that holds
     // 40 idle connections besides its 10 pairs (60 in all) cannot run.
-    let output = Command::new("bash")
-        .arg("-c")
-        .arg(r#"ulimit -n 1050 && exec "$0" "$@""#)
-        .arg(bench)
-        .args([
+    let run = bench(
+        &[
             "compare",
             "--smoke",
             "--brokers",
             "thingd",
             "--transports",
             "tcp",
-        ])
-        .arg("--thingd")
-        .arg(thingd_binary())
-        .output()
-        .expect("run thingd-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+        ],
+        &[],
+        Some(1050),
+    );
+    assert!(run.ok, "{}", run.describe());
     let held = "10:10 at 100 msg/s QoS 1 16 B + 40 idle";
     assert!(
-        stderr.contains(&format!("not run: {held} (60 connections)")),
-        "{stderr}"
+        run.stderr
+            .contains(&format!("not run: {held} (60 connections)")),
+        "{}",
+        run.stderr
     );
-    assert!(!stdout.contains(held), "{stdout}");
+    assert!(!run.stdout.contains(held), "{}", run.stdout);
     assert!(
-        stdout.contains("| 50 idle connections | TCP | thingd |"),
-        "{stdout}"
+        run.stdout
+            .contains("| 50 idle connections | TCP | thingd |"),
+        "{}",
+        run.stdout
     );
 }
 
 #[test]
 fn smoke_shadow_updates_are_accepted() {
-    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
-        .args(["shadows", "--smoke"])
-        .arg("--thingd")
-        .arg(thingd_binary())
-        .output()
-        .expect("run thingd-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let run = bench(&["shadows", "--smoke"], &[], None);
     assert!(
-        output.status.success(),
-        "thingd-bench shadows --smoke failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
+        run.ok,
+        "thingd-bench shadows --smoke failed\n{}",
+        run.describe()
     );
-    let row = stdout
+    let row = run
+        .stdout
         .lines()
         .find(|l| l.starts_with("| 4 |"))
-        .unwrap_or_else(|| panic!("no result row in:\n{stdout}"));
+        .unwrap_or_else(|| panic!("no result row in:\n{}", run.stdout));
     // | things | things/connection | seconds | durable updates | ...
     let updates: u64 = row
         .split('|')
