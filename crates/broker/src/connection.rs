@@ -508,12 +508,11 @@ impl Conn {
     /// One packet; a PUBLISH may wait in `batch`, anything else is handled after the batch is
     /// delivered.
     fn handle(&mut self, p: Packet, batch: &mut Batch) -> Result<(), End> {
-        if let Packet::Publish(p) = p {
-            return self.on_publish(p, batch);
+        if !matches!(p, Packet::Publish(_)) {
+            self.publish_batch(batch);
         }
-        self.publish_batch(batch);
         match p {
-            Packet::Publish(_) => Ok(()),
+            Packet::Publish(p) => self.on_publish(p, batch),
             Packet::PubResp(r) => self.on_pubresp(r),
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
