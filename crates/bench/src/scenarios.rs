@@ -643,17 +643,19 @@ async fn idle(ep: &Endpoint, target: Target, tag: &str, n: usize) -> anyhow::Res
 }
 
 /// Pings every connection (one at a time) and closes it; how many answered.
-async fn still_open(conns: Vec<Conn>) -> anyhow::Result<u64> {
+async fn still_open(mut conns: Vec<Conn>) -> anyhow::Result<u64> {
     let mut alive = 0u64;
-    for mut c in conns {
+    // Every connection stays open until all have answered: closing each one as soon as it
+    // answered kept the broker busy with disconnects while it was asked for the next PINGRESP.
+    for c in &mut conns {
         c.queue(&Packet::PingReq)?;
         c.flush().await?;
         match c.recv_timeout(Duration::from_secs(10)).await? {
             Some(Packet::PingResp) => alive += 1,
             other => bail!("PINGREQ on an idle connection: got {other:?}"),
         }
-        drop(c);
     }
+    drop(conns);
     Ok(alive)
 }
 
