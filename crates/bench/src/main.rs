@@ -310,13 +310,13 @@ fn loadavg() -> String {
 
 async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let repo = repo_root();
-    let mut kinds = Vec::new();
-    for b in args.brokers.as_deref().unwrap_or_default() {
-        kinds.push(Kind::parse(b.trim())?);
-    }
-    if args.brokers.is_none() {
-        kinds = Kind::ALL.to_vec();
-    }
+    let kinds = match &args.brokers {
+        Some(names) => names
+            .iter()
+            .map(|b| Kind::parse(b.trim()))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => Kind::ALL.to_vec(),
+    };
     let mut transports = Vec::new();
     for t in &args.transports {
         transports.push(match t.trim() {
@@ -335,15 +335,15 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     }
     // A scenario needing more connections than the open-file limit allows is not run, and
     // says so (stderr and the report).
-    let too_big: Vec<String> = list
+    let (list, too_big): (Vec<_>, Vec<_>) =
+        list.into_iter().partition(|s| s.connections() <= max_idle);
+    let too_big: Vec<String> = too_big
         .iter()
-        .filter(|s| s.connections() > max_idle)
         .map(|s| format!("{} ({} connections)", s.name(), s.connections()))
         .collect();
     for name in &too_big {
         eprintln!("not run: {name}: the open-file limit ({nofile}) allows about {max_idle}");
     }
-    list.retain(|s| s.connections() <= max_idle);
 
     let thingd = thingd_binary(args.thingd.clone())?;
     let work = tempfile::Builder::new().prefix("thingd-bench-").tempdir()?;
