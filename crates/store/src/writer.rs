@@ -74,6 +74,22 @@ impl Tombstones {
             self.0.retain(|_, at| now - *at < TOMBSTONE_SECS);
         }
     }
+
+    /// A delete of `seq` matched no row (yet).
+    fn bury(&mut self, client_id: &str, seq: u64, now: i64) {
+        self.0.insert((client_id.to_owned(), seq), now);
+    }
+
+    /// Whether `seq` was deleted before its push; the entry is used up.
+    fn take(&mut self, client_id: &str, seq: u64) -> bool {
+        !self.0.is_empty() && self.0.remove(&(client_id.to_owned(), seq)).is_some()
+    }
+
+    fn forget_session(&mut self, client_id: &str) {
+        if !self.0.is_empty() {
+            self.0.retain(|(client, _), _| client != client_id);
+        }
+    }
 }
 
 /// The writer thread's body. Returns when it receives `Close` or every sender is gone.
@@ -283,7 +299,7 @@ fn apply(
             Ok(())
         }
         WriteOp::DeleteSession { client_id } => {
-            tombstones.0.retain(|(client, _), _| client != client_id);
+            tombstones.forget_session(client_id);
             // The foreign key's ON DELETE CASCADE removes the queued messages.
             conn.prepare_cached("DELETE FROM sessions WHERE client_id = ?1")?
                 .execute([client_id])?;
@@ -294,8 +310,7 @@ fn apply(
             seq,
             blob,
         } => {
-            if !tombstones.0.is_empty() && tombstones.0.remove(&(client_id.clone(), *seq)).is_some()
-            {
+            if tombstones.take(client_id, *seq) {
                 return Ok(());
             }
             let inserted = conn
@@ -318,7 +333,7 @@ fn apply(
                 .prepare_cached("DELETE FROM session_messages WHERE client_id = ?1 AND seq = ?2")?
                 .execute(rusqlite::params![client_id, seq_to_sql(*seq)?])?;
             if deleted == 0 {
-                tombstones.0.insert((client_id.clone(), *seq), now);
+                tombstones.bury(client_id, *seq, now);
             }
             Ok(())
         }
