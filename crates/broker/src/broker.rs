@@ -193,9 +193,8 @@ impl Shared {
     /// submits each one's writes. `committed(i, rx)` is called for each message in order; `rx`
     /// yields whether what had to be durable (a retained QoS ≥ 1 message, copies for
     /// persistent sessions) committed, `None` when nothing was. Returns the receivers the
-    /// messages left with a nearly full outbound queue. Shared
-    /// by client PUBLISHes (those read together) and in-process publishes. `routes`: see
-    /// `route`.
+    /// messages left with a nearly full outbound queue. Shared by client PUBLISHes (those
+    /// read together) and in-process publishes. `routes`: see `route`.
     pub(crate) fn publish<M: Borrow<Arc<AppMsg>>>(
         &self,
         msgs: &[M],
@@ -288,15 +287,20 @@ impl Shared {
         }
     }
 
-    /// One member of a share group gets the message: the online one whose `turn` it is (round
-    /// robin) or the next online after it, or, with nobody online, a member with a persistent
+    /// One member of a share group gets the message: the online one at `start` (the message's
+    /// turn, round robin) or the next online after it, or, with nobody online, a member with a persistent
     /// session queues it (QoS ≥ 1).
-    fn deliver_shared(&self, msg: &Arc<AppMsg>, members: &[Member], turn: usize, fx: &mut Effects) {
+    fn deliver_shared(
+        &self,
+        msg: &Arc<AppMsg>,
+        members: &[Member],
+        start: usize,
+        fx: &mut Effects,
+    ) {
         let n = members.len();
         if n == 0 {
             return;
         }
-        let start = turn;
         let delivery = |opts: &SubscriptionOptions, id: &Option<u32>| Delivery {
             msg: msg.clone(),
             qos: msg.qos.min(opts.qos),
