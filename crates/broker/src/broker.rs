@@ -14,7 +14,7 @@ use std::task::{Context, Waker};
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 use thingd_mqtt::{ProtocolVersion, QoS, SubscriptionOptions};
-use thingd_store::{SessionRecord, Store, WriteOp};
+use thingd_store::{QueuedMessage, SessionRecord, Store, WriteOp};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ use crate::metrics;
 use crate::persist;
 use crate::retained::Retained;
 use crate::routes::{Member, Routes, Subscriptions};
-use crate::session::{Control, Effects, Link, Session, SessionCell, Will};
+use crate::session::{Control, Effects, Inflight, Link, Session, SessionCell, Will, stored_pid};
 use crate::{Authorizer, BrokerConfig};
 
 /// Index key: the client, and the share group for `$share/<group>/...` subscriptions, so one
@@ -594,9 +594,25 @@ impl Shared {
             s.stored = true;
             s.disconnected_at_ms = Some(at);
             s.inbound_qos2 = state.inbound_qos2.into_iter().collect();
-            for (seq, blob) in self.store.messages(&rec.client_id)? {
+            for QueuedMessage {
+                seq,
+                blob,
+                released,
+            } in self.store.messages(&rec.client_id)?
+            {
                 s.next_seq = s.next_seq.max(seq + 1);
                 match persist::decode_delivery(&blob) {
+                    // Answered with PUBREC before the restart: only the PUBREL is resent,
+                    // under the id the message had (see `Session::alloc_pid`).
+                    Some(mut d) if released && d.qos == QoS::ExactlyOnce => {
+                        d.seq = Some(seq);
+                        s.inflight.push_back(Inflight {
+                            pid: stored_pid(seq),
+                            issued: 0,
+                            delivery: d,
+                            released: true,
+                        });
+                    }
                     Some(mut d) if !d.msg.is_expired(now) => {
                         d.seq = Some(seq);
                         s.queue.push_back(d);

@@ -442,6 +442,8 @@ impl Conn {
         let failure = ReasonCode::UnspecifiedError;
         let cannot_say = End::Violation(failure, "store write failed");
         Ok(match packet {
+            // PUBREL has no failure code; only its release surviving a restart is not promised.
+            Packet::PubResp(r) if r.kind == PubRespKind::PubRel => Packet::PubResp(r),
             Packet::PubResp(mut r) => {
                 if !self.v5() {
                     return Err(cannot_say);
@@ -697,7 +699,11 @@ impl Conn {
                     s.received(r.packet_id, r.reason.is_error(), &mut fx)
                 };
                 if send {
-                    self.write(&pubrel(r.packet_id));
+                    // After the release mark is stored (persistent sessions), so that a restart
+                    // resends this PUBREL rather than the message.
+                    let stored = self.shared.commit(fx);
+                    self.push_pending(pubrel(r.packet_id), stored);
+                    return Ok(());
                 } else if !r.reason.is_error() {
                     // Unknown id: answer with PUBREL "not found" so the client can clean up.
                     let mut rel = PubResp {

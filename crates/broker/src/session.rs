@@ -267,11 +267,24 @@ impl Session {
         !self.ended && self.conn.as_ref().is_some_and(|l| l.conn_id == conn_id)
     }
 
-    /// The next free outbound packet id (skipping ids in flight) and its place in the
-    /// order ids are handed out in; `None` if all are in use.
-    pub(crate) fn alloc_pid(&mut self) -> Option<(u16, u64)> {
+    /// The packet id for delivery `d` and its place in the order ids are handed out in;
+    /// `None` if no id can be given now (the delivery waits).
+    ///
+    /// A message with a stored copy (`seq`) always gets the id its `seq` gives (`stored_pid`):
+    /// after a restart it is resent under the id the receiver may already hold, so a QoS 2
+    /// receiver recognises it. While another message still holds that id (one left
+    /// unacknowledged 65,535 stored messages ago) the delivery waits for it. Other messages
+    /// get the next id in turn that is not in flight.
+    pub(crate) fn alloc_pid(&mut self, d: &Delivery) -> Option<(u16, u64)> {
         if self.inflight.len() >= u16::MAX as usize {
             return None;
+        }
+        if let Some(seq) = d.seq {
+            let id = stored_pid(seq);
+            if self.inflight.iter().any(|i| i.pid == id) {
+                return None;
+            }
+            return Some((id, self.ids_issued));
         }
         loop {
             let id = self.next_pid;
@@ -280,10 +293,11 @@ impl Session {
             self.ids_issued += 1;
             // `inflight` is in the order ids were handed out: its front is the oldest. Only
             // then is the scan needed (with 100 in flight it was a tenth of fan-out's CPU).
-            let may_be_in_flight = self
-                .inflight
-                .front()
-                .is_some_and(|oldest| issued - oldest.issued >= u64::from(u16::MAX));
+            // Ids from `seq` can only be in flight at the front: they come from the time the
+            // session was persistent, before any id handed out in turn.
+            let may_be_in_flight = self.inflight.front().is_some_and(|oldest| {
+                oldest.delivery.seq.is_some() || issued - oldest.issued >= u64::from(u16::MAX)
+            });
             if !may_be_in_flight || !self.inflight.iter().any(|i| i.pid == id) {
                 return Some((id, issued));
             }
@@ -387,15 +401,19 @@ impl Session {
         fx.slow.extend(SlowReceiver::after_send(&link.tx, queued));
     }
 
-    /// Sends a QoS 1/2 delivery on the live link (the caller checked `can_send_now`).
-    fn send_now(&mut self, d: Delivery, fx: &mut Effects) {
-        let Some((pid, issued)) = self.alloc_pid() else {
-            self.enqueue(d, fx);
-            return;
+    /// Sends a QoS 1/2 delivery on the live link (the caller checked `can_send_now`); false
+    /// when it has to wait at the head of the queue instead (no packet id for it yet, or the
+    /// writer full).
+    fn send_now(&mut self, d: Delivery, fx: &mut Effects) -> bool {
+        let Some((pid, issued)) = self.alloc_pid(&d) else {
+            self.queue.push_front(d);
+            fx.queued += 1;
+            return false;
         };
         let Some(link) = self.conn.as_mut() else {
-            self.enqueue(d, fx);
-            return;
+            self.queue.push_front(d);
+            fx.queued += 1;
+            return false;
         };
         let frame = if shareable(link, &d) {
             shared_frame(link, &d, Some(pid), fx).filter(|f| f.len() <= link.max_packet)
@@ -405,12 +423,12 @@ impl Session {
         let Some(frame) = frame else {
             metrics::dropped(DropReason::TooLarge);
             self.forget(&d, fx);
-            return;
+            return true;
         };
         let Ok(queued) = link.tx.try_send(frame) else {
             self.queue.push_front(d);
             fx.queued += 1;
-            return;
+            return false;
         };
         fx.slow.extend(SlowReceiver::after_send(&link.tx, queued));
         fx.sent[d.qos as usize] += 1;
@@ -420,6 +438,7 @@ impl Session {
             delivery: d,
             released: false,
         });
+        true
     }
 
     /// Moves queued messages to the link while the in-flight window and the writer allow.
@@ -440,7 +459,9 @@ impl Session {
                 self.forget(&d, fx);
                 continue;
             }
-            self.send_now(d, fx);
+            if !self.send_now(d, fx) {
+                break;
+            }
         }
     }
 
@@ -465,7 +486,9 @@ impl Session {
     }
 
     /// PUBREC: returns true when a PUBREL must be sent. A failing PUBREC (v5 reason ≥ 0x80)
-    /// ends the exchange.
+    /// ends the exchange. A stored message is marked released (a durable write the PUBREL
+    /// waits for), so that after a restart only its PUBREL is resent: the receiver may
+    /// already have passed the message on and forgotten its id.
     pub(crate) fn received(&mut self, pid: u16, failed: bool, fx: &mut Effects) -> bool {
         let Some(pos) = self
             .inflight
@@ -483,6 +506,12 @@ impl Session {
         }
         if let Some(i) = self.inflight.get_mut(pos) {
             i.released = true;
+            if let Some(seq) = i.delivery.seq {
+                fx.durable.push(WriteOp::ReleaseMessage {
+                    client_id: self.client_id.to_string(),
+                    seq,
+                });
+            }
         }
         true
     }
@@ -514,6 +543,11 @@ impl Session {
         self.inflight.clear();
         self.conn = None;
     }
+}
+
+/// The packet id of the message stored at `seq` in its session's queue (1..=65535).
+pub(crate) fn stored_pid(seq: u64) -> u16 {
+    (seq % u64::from(u16::MAX)) as u16 + 1
 }
 
 /// A PUBREL for `pid`.
@@ -679,14 +713,45 @@ mod tests {
 
     /// Hands out an id and keeps it in flight.
     fn send_one(s: &mut Session) -> u16 {
-        let (pid, issued) = s.alloc_pid().expect("an id is free");
+        send_stored(s, None).expect("an id is free")
+    }
+
+    /// Hands out an id for a delivery stored at `seq` (if any) and keeps it in flight.
+    fn send_stored(s: &mut Session, seq: Option<u64>) -> Option<u16> {
+        let mut d = delivery("a", QoS::AtLeastOnce);
+        d.seq = seq;
+        let (pid, issued) = s.alloc_pid(&d)?;
         s.inflight.push_back(Inflight {
             pid,
             issued,
-            delivery: delivery("a", QoS::AtLeastOnce),
+            delivery: d,
             released: false,
         });
-        pid
+        Some(pid)
+    }
+
+    #[test]
+    fn a_stored_message_has_the_id_its_place_gives_and_waits_while_it_is_taken() {
+        let mut s = Session::new(Arc::from("c"), ProtocolVersion::V5, 600);
+        assert_eq!(send_stored(&mut s, Some(1)), Some(stored_pid(1)));
+        assert_eq!(send_stored(&mut s, Some(2)), Some(stored_pid(2)));
+        // 65,535 places later the id comes round again: it waits while 1 is in flight.
+        let round = 1 + u64::from(u16::MAX);
+        assert_eq!(stored_pid(round), stored_pid(1));
+        assert_eq!(send_stored(&mut s, Some(round)), None);
+        s.inflight.pop_front();
+        assert_eq!(send_stored(&mut s, Some(round)), Some(stored_pid(1)));
+        assert!((1..=u64::from(u16::MAX)).all(|seq| stored_pid(seq) != 0));
+    }
+
+    #[test]
+    fn ids_in_turn_skip_stored_ids_still_in_flight() {
+        // A persistent session resumed as a clean one keeps its stored messages in flight.
+        let mut s = Session::new(Arc::from("c"), ProtocolVersion::V5, 0);
+        let stored = send_stored(&mut s, Some(1)).expect("free");
+        assert_eq!(stored, 2);
+        assert_eq!(send_one(&mut s), 1);
+        assert_eq!(send_one(&mut s), 3);
     }
 
     #[test]

@@ -1742,3 +1742,64 @@ async fn has_subscribers_follows_the_subscriptions() {
             .has_subscribers("$aws/events/presence/connected/d1")
     );
 }
+
+/// Resumes the persistent v5 session `id` on a broker started as after kill -9.
+async fn resume_after_crash(h: &Harness, id: &str) -> Client {
+    let broker = broker_after_crash(h);
+    let mut client = serve_pipe(&broker, 1 << 16, None);
+    let ack = client.connect(resume_packet(V5, id)).await;
+    assert!(ack.session_present);
+    client
+}
+
+/// QoS 2 to a persistent session across crashes: a message sent but not answered comes back
+/// under the packet id the receiver saw (so a receiver holding that id knows it), and one
+/// answered with PUBREC comes back as its PUBREL only — the receiver may already have passed
+/// it on and forgotten the id, so a second PUBLISH would deliver it twice.
+#[tokio::test]
+async fn qos2_to_a_persistent_session_resumes_at_its_stage_after_a_crash() {
+    let h = Harness::new();
+    let id = "exactly-once";
+    let (mut s, _) = h.persistent(V5, id).await;
+    s.subscribe("q2/#", QoS::ExactlyOnce).await;
+    let mut publisher = h.client(V5, "q2-publisher").await;
+    // Three messages completed first, so that the open one does not have the first id.
+    for n in 0..3 {
+        let payload = format!("done {n}");
+        publisher
+            .publish("q2/done", payload.as_bytes(), QoS::ExactlyOnce, false)
+            .await;
+        assert_eq!(&s.receive().await.payload[..], payload.as_bytes());
+    }
+    publisher
+        .publish("q2/open", b"open", QoS::ExactlyOnce, false)
+        .await;
+    let first = s.expect_publish().await;
+    let pid = first.packet_id.expect("a QoS 2 PUBLISH has an id");
+    assert_ne!(pid, 1);
+    drop(s);
+
+    let mut again = resume_after_crash(&h, id).await;
+    let resent = again.expect_publish().await;
+    assert_eq!(
+        (resent.packet_id, &resent.payload[..]),
+        (Some(pid), &b"open"[..]),
+        "resent under the id the receiver saw"
+    );
+    again.expect_nothing().await;
+    again.send(ack(PubRespKind::PubRec, pid)).await;
+    assert_eq!(again.expect_resp(PubRespKind::PubRel).await.packet_id, pid);
+    drop(again);
+
+    // The PUBREL went out, so the PUBREC stage is stored: only the PUBREL comes back.
+    let mut third = resume_after_crash(&h, id).await;
+    assert_eq!(third.expect_resp(PubRespKind::PubRel).await.packet_id, pid);
+    third.expect_nothing().await;
+    third.send(ack(PubRespKind::PubComp, pid)).await;
+    third.expect_nothing().await;
+    drop(third);
+
+    let mut fourth = resume_after_crash(&h, id).await;
+    fourth.expect_nothing().await;
+    assert!(h.store.messages(id).expect("messages").is_empty());
+}

@@ -113,6 +113,14 @@ pub enum WriteOp {
         /// Position in the session's queue.
         seq: u64,
     },
+    /// Mark a queued QoS 2 message as answered by PUBREC, so that only its PUBREL is resent
+    /// after a restart (no error if the message is gone).
+    ReleaseMessage {
+        /// The session's client id.
+        client_id: String,
+        /// Position in the session's queue.
+        seq: u64,
+    },
     /// Create or replace the retained message of a topic.
     PutRetained {
         /// The topic.
@@ -396,7 +404,7 @@ impl Store {
     }
 
     /// The queued messages of one session, in `seq` order.
-    pub fn messages(&self, client_id: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    pub fn messages(&self, client_id: &str) -> Result<Vec<QueuedMessage>, StoreError> {
         sqlite::messages(&self.shared.reader.lock(), client_id)
     }
 

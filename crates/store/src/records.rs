@@ -34,6 +34,17 @@ pub struct SessionRecord {
     pub state: Vec<u8>,
 }
 
+/// A message queued for a persistent session, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Its position in the session's queue.
+    pub seq: u64,
+    /// The broker's encoding of the message.
+    pub blob: Vec<u8>,
+    /// A QoS 2 message its receiver answered with PUBREC (see `WriteOp::ReleaseMessage`).
+    pub released: bool,
+}
+
 /// A certificate's status and the revision at which it was last written (see
 /// `Store::certificate_statuses`).
 #[derive(Debug, Clone, PartialEq, Eq)]

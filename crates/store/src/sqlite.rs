@@ -7,7 +7,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use thingd_model::{CertificateId, CertificateStatus};
 
 use crate::{
-    CertificateRecord, CertificateStatusChanges, CertificateStatusEntry, SessionRecord, StoreError,
+    CertificateRecord, CertificateStatusChanges, CertificateStatusEntry, QueuedMessage,
+    SessionRecord, StoreError,
 };
 
 /// How long a connection waits for another connection's (or process's) write lock before
@@ -26,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_registry_things.sql")),
     (4, include_str!("migrations/0004_registry_security.sql")),
     (5, include_str!("migrations/0005_shadows.sql")),
+    (6, include_str!("migrations/0006_released_messages.sql")),
 ];
 
 /// Pragmas every connection gets.
@@ -236,19 +238,27 @@ pub(crate) fn sessions(conn: &Connection) -> Result<Vec<SessionRecord>, StoreErr
 pub(crate) fn messages(
     conn: &Connection,
     client_id: &str,
-) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+) -> Result<Vec<QueuedMessage>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, blob FROM session_messages WHERE client_id = ?1 ORDER BY seq",
+        "SELECT seq, blob, released FROM session_messages WHERE client_id = ?1 ORDER BY seq",
     )?;
     let rows = stmt.query_map([client_id], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, Vec<u8>>(1)?,
+            row.get::<_, bool>(2)?,
+        ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, blob) = row?;
+        let (seq, blob, released) = row?;
         let seq = u64::try_from(seq)
             .map_err(|_| StoreError::Corrupt(format!("message {seq} of session {client_id:?}")))?;
-        out.push((seq, blob));
+        out.push(QueuedMessage {
+            seq,
+            blob,
+            released,
+        });
     }
     Ok(out)
 }

@@ -56,33 +56,54 @@ struct Request {
     reply: Option<Reply>,
 }
 
-/// Queued messages deleted before they were stored, by session and `seq`, with when (Unix
-/// seconds). A broker hands a message's `PushMessage` to the store once it has offered the
-/// message to every receiver, while a receiver quick to acknowledge it submits the
-/// `DeleteMessage` from another thread, so the delete can arrive first. The push that follows
-/// is then skipped: storing it would bring an acknowledged message back after a restart. A
-/// push comes within moments of its delete, so entries older than [`TOMBSTONE_SECS`] are
+/// Queued messages deleted or released before they were stored, by session and `seq`, with
+/// when (Unix seconds). A broker hands a message's `PushMessage` to the store once it has
+/// offered the message to every receiver, while a receiver quick to answer it submits the
+/// `DeleteMessage` (PUBACK, PUBCOMP) or `ReleaseMessage` (PUBREC) from another thread, so
+/// that can arrive first. The push that follows is then skipped after a delete (storing it
+/// would bring an acknowledged message back after a restart) and stored released after a
+/// release. A push comes within moments, so entries older than [`TOMBSTONE_SECS`] are
 /// dropped; deleting a session drops its entries (a new session numbers its messages afresh).
 #[derive(Default)]
-struct Tombstones(HashMap<(String, u64), i64>);
+struct Tombstones(HashMap<(String, u64), (i64, Early)>);
+
+/// What happened to a message before its push arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Early {
+    Deleted,
+    Released,
+}
 
 const TOMBSTONE_SECS: i64 = 60;
 
 impl Tombstones {
     fn prune(&mut self, now: i64) {
         if !self.0.is_empty() {
-            self.0.retain(|_, at| now - *at < TOMBSTONE_SECS);
+            self.0.retain(|_, (at, _)| now - *at < TOMBSTONE_SECS);
         }
     }
 
     /// A delete of `seq` matched no row (yet).
     fn bury(&mut self, client_id: &str, seq: u64, now: i64) {
-        self.0.insert((client_id.to_owned(), seq), now);
+        self.0
+            .insert((client_id.to_owned(), seq), (now, Early::Deleted));
     }
 
-    /// Whether `seq` was deleted before its push; the entry is used up.
-    fn take(&mut self, client_id: &str, seq: u64) -> bool {
-        !self.0.is_empty() && self.0.remove(&(client_id.to_owned(), seq)).is_some()
+    /// A release of `seq` matched no row (yet); a delete already noted stands.
+    fn release(&mut self, client_id: &str, seq: u64, now: i64) {
+        self.0
+            .entry((client_id.to_owned(), seq))
+            .or_insert((now, Early::Released));
+    }
+
+    /// What happened to `seq` before its push, if anything; the entry is used up.
+    fn take(&mut self, client_id: &str, seq: u64) -> Option<Early> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0
+            .remove(&(client_id.to_owned(), seq))
+            .map(|(_, early)| early)
     }
 
     fn forget_session(&mut self, client_id: &str) {
@@ -310,14 +331,22 @@ fn apply(
             seq,
             blob,
         } => {
-            if tombstones.take(client_id, *seq) {
-                return Ok(());
-            }
+            let released = match tombstones.take(client_id, *seq) {
+                Some(Early::Deleted) => return Ok(()),
+                Some(Early::Released) => true,
+                None => false,
+            };
             let inserted = conn
                 .prepare_cached(
-                    "INSERT INTO session_messages (client_id, seq, blob) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO session_messages (client_id, seq, blob, released)
+                     VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(rusqlite::params![client_id, seq_to_sql(*seq)?, blob]);
+                .execute(rusqlite::params![
+                    client_id,
+                    seq_to_sql(*seq)?,
+                    blob,
+                    released
+                ]);
             match inserted {
                 Err(err) if is_foreign_key_violation(&err) => {
                     Err(StoreError::NotFound(format!("session {client_id:?}")))
@@ -334,6 +363,17 @@ fn apply(
                 .execute(rusqlite::params![client_id, seq_to_sql(*seq)?])?;
             if deleted == 0 {
                 tombstones.bury(client_id, *seq, now);
+            }
+            Ok(())
+        }
+        WriteOp::ReleaseMessage { client_id, seq } => {
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE session_messages SET released = 1 WHERE client_id = ?1 AND seq = ?2",
+                )?
+                .execute(rusqlite::params![client_id, seq_to_sql(*seq)?])?;
+            if updated == 0 {
+                tombstones.release(client_id, *seq, now);
             }
             Ok(())
         }

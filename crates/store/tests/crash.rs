@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use thingd_model::CertificateStatus;
-use thingd_store::{SessionRecord, Store, WriteOp};
+use thingd_store::{QueuedMessage, SessionRecord, Store, WriteOp};
 
 const ENV: &str = "THINGD_STORE_CRASH_CHILD_DB";
 const CHILD_THREADS: u64 = 4;
@@ -119,7 +119,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut messages: HashSet<(String, u64)> = HashSet::new();
     for t in 0..CHILD_THREADS {
         let client = format!("c{t}");
-        for (seq, blob) in store.messages(&client).unwrap() {
+        for QueuedMessage { seq, blob, .. } in store.messages(&client).unwrap() {
             assert_eq!(blob, seq.to_be_bytes());
             messages.insert((client.clone(), seq));
         }
