@@ -4,6 +4,7 @@
 //! parser for the few packets a server sends); the tests below use it for what a library
 //! client cannot do: malformed input, exact reason codes, timing and flow control.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -605,8 +606,16 @@ impl RawClient {
         server: &TestServer,
         device: &DeviceFiles,
     ) -> anyhow::Result<RawClient> {
+        RawClient::open_at(server.mqtts(), device).await
+    }
+
+    /// Opens a TLS connection to the MQTT port `addr` as `device`.
+    pub(crate) async fn open_at(
+        addr: SocketAddr,
+        device: &DeviceFiles,
+    ) -> anyhow::Result<RawClient> {
         let config = client_config(&device.ca, Some(device_identity(device)?))?;
-        let stream = tls_connect(server.mqtts(), "127.0.0.1", config).await?;
+        let stream = tls_connect(addr, "127.0.0.1", config).await?;
         Ok(RawClient {
             stream,
             buf: BytesMut::new(),
@@ -619,7 +628,16 @@ impl RawClient {
         device: &DeviceFiles,
         connect: &Connect,
     ) -> anyhow::Result<(RawClient, ConnAck)> {
-        let mut client = RawClient::open(server, device).await?;
+        RawClient::connect_at(server.mqtts(), device, connect).await
+    }
+
+    /// Connects to the MQTT port `addr`; fails unless CONNACK says success.
+    pub(crate) async fn connect_at(
+        addr: SocketAddr,
+        device: &DeviceFiles,
+        connect: &Connect,
+    ) -> anyhow::Result<(RawClient, ConnAck)> {
+        let mut client = RawClient::open_at(addr, device).await?;
         client.send(&connect.bytes()).await?;
         let ack = client
             .expect(kind::CONNACK)
