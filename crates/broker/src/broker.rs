@@ -23,7 +23,9 @@ use crate::metrics;
 use crate::persist;
 use crate::retained::Retained;
 use crate::routes::{Member, Routes, Subscriptions};
-use crate::session::{Control, Effects, Inflight, Link, Session, SessionCell, Will, stored_pid};
+use crate::session::{
+    Control, Effects, Inflight, Link, PendingWill, Session, SessionCell, Will, stored_pid,
+};
 use crate::{Authorizer, BrokerConfig};
 
 /// Index key: the client, and the share group for `$share/<group>/...` subscriptions, so one
@@ -81,7 +83,14 @@ pub(crate) fn session_record(s: &Session, disconnected_at: Option<i64>) -> Sessi
         protocol_level: s.version.level(),
         expiry_interval: s.expiry,
         disconnected_at,
-        state: persist::encode_state(&s.subs, &qos2),
+        // Only a Will its connection may publish: a stored one is published after a restart
+        // without that connection's policy.
+        state: persist::encode_state(
+            &s.subs,
+            &qos2,
+            s.will_to_store()
+                .filter(|w| w.policy.can_publish(&w.msg.topic, w.msg.retain)),
+        ),
     }
 }
 
@@ -397,7 +406,7 @@ impl Shared {
                 return out;
             }
             out.wills.extend(old_will.map(|w| *w));
-            out.wills.extend(pending.map(|(_, w)| *w));
+            out.wills.extend(pending.map(|p| *p.will));
             if s.stored {
                 out.store_ops.push(WriteOp::DeleteSession {
                     client_id: client_id.to_string(),
@@ -450,7 +459,7 @@ impl Shared {
     /// Files an offline session under the time its expiry ends it (unless it never does).
     fn file_expiry(&self, cell: &Arc<SessionCell>, s: &mut Session) {
         self.unfile_expiry(cell, s);
-        let Some(due) = s.expiry_due_ms() else {
+        let Some(due) = s.sweep_due_ms() else {
             return;
         };
         self.expiring
@@ -496,13 +505,6 @@ impl Shared {
             return wills;
         }
         s.disconnected_at_ms = Some(now);
-        self.file_expiry(cell, &mut s);
-        s.stored = true;
-        self.store
-            .write_detached(vec![WriteOp::PutSession(session_record(
-                &s,
-                Some((now / 1000) as i64),
-            ))]);
         if let Some(mut w) = will {
             w.msg.expires_at =
                 crate::message::expiry_from(w.expiry_interval, self.config.max_message_expiry, now);
@@ -511,11 +513,43 @@ impl Shared {
             } else {
                 let gen_id = self.will_gen.fetch_add(1, Ordering::Relaxed);
                 let after = w.delay.min(s.expiry);
-                s.pending_will = Some((gen_id, w));
+                s.pending_will = Some(PendingWill {
+                    gen_id,
+                    due_ms: now + u64::from(after) * 1000,
+                    will: w,
+                });
                 crate::will::schedule(self, s.client_id.clone(), cell.clone(), gen_id, after);
             }
         }
+        self.file_expiry(cell, &mut s);
+        s.stored = true;
+        // With the pending will, so that a restart still publishes it when it falls due.
+        self.store
+            .write_detached(vec![WriteOp::PutSession(session_record(
+                &s,
+                Some((now / 1000) as i64),
+            ))]);
         wills
+    }
+
+    /// Takes the pending will of an offline session whose delay has ended (`gen_id`: only
+    /// that one, if given), and stores the session without it so that a restart does not
+    /// publish it again.
+    pub(crate) fn take_due_will(&self, s: &mut Session, gen_id: Option<u64>) -> Option<Will> {
+        let due = s
+            .pending_will
+            .as_ref()
+            .is_some_and(|p| gen_id.is_none_or(|g| g == p.gen_id));
+        if !due {
+            return None;
+        }
+        let pending = s.pending_will.take()?;
+        if s.stored {
+            let at = s.disconnected_at_ms.map(|ms| (ms / 1000) as i64);
+            self.store
+                .write_detached(vec![WriteOp::PutSession(session_record(s, at))]);
+        }
+        Some(*pending.will)
     }
 
     /// Ends offline sessions whose expiry has passed; returns their pending wills.
@@ -541,6 +575,11 @@ impl Shared {
             if s.ended {
                 continue;
             }
+            if s.pending_will.as_ref().is_some_and(|p| p.due_ms <= now) {
+                // Normally published by its own timer; this one was restored after a restart
+                // (or the timer could not be set).
+                wills.extend(self.take_due_will(&mut s, None));
+            }
             let Some(due) = s.expiry_due_ms() else {
                 continue;
             };
@@ -549,7 +588,7 @@ impl Shared {
                 continue;
             }
             tracing::debug!(client_id = %s.client_id, "session expired");
-            wills.extend(s.pending_will.take().map(|(_, w)| *w));
+            wills.extend(s.pending_will.take().map(|p| *p.will));
             if s.stored {
                 self.store.write_detached(vec![WriteOp::DeleteSession {
                     client_id: s.client_id.to_string(),
@@ -560,10 +599,12 @@ impl Shared {
         wills
     }
 
-    /// Restores persistent sessions and retained messages from the store.
-    pub(crate) fn restore(&self) -> Result<(), thingd_store::StoreError> {
+    /// Restores persistent sessions (with their pending wills) and retained messages from the
+    /// store; returns the wills of sessions that ended while thingd was down.
+    pub(crate) fn restore(&self) -> Result<Vec<Will>, thingd_store::StoreError> {
         let now = self.clock.now_ms();
         let mut detached = Vec::new();
+        let mut ended_wills = Vec::new();
         for rec in self.store.sessions()? {
             let version = match rec.protocol_level {
                 4 => ProtocolVersion::V311,
@@ -582,14 +623,38 @@ impl Shared {
                 .disconnected_at
                 .map(|s| (s.max(0) as u64) * 1000)
                 .unwrap_or(now);
+            let client_id: Arc<str> = Arc::from(rec.client_id.as_str());
+            let will = state.will.map(|w| {
+                let mut will = Box::new(Will {
+                    msg: AppMsg {
+                        origin: Some(client_id.clone()),
+                        ..w.msg
+                    },
+                    expiry_interval: w.expiry_interval,
+                    delay: w.delay,
+                    // Stored only if its connection's policy allowed it.
+                    policy: Arc::new(crate::AllowAll),
+                });
+                if rec.disconnected_at.is_none() {
+                    // The connection was cut off by the crash: its will counts from now, as
+                    // for any connection lost without DISCONNECT.
+                    will.msg.expires_at = crate::message::expiry_from(
+                        will.expiry_interval,
+                        self.config.max_message_expiry,
+                        at,
+                    );
+                }
+                will
+            });
             if rec.expiry_interval != u32::MAX && at + u64::from(rec.expiry_interval) * 1000 <= now
             {
+                // The session ended while thingd was down, and with it its will's delay.
+                ended_wills.extend(will.map(|w| *w));
                 detached.push(WriteOp::DeleteSession {
                     client_id: rec.client_id,
                 });
                 continue;
             }
-            let client_id: Arc<str> = Arc::from(rec.client_id.as_str());
             let mut s = Session::new(client_id.clone(), version, rec.expiry_interval);
             s.stored = true;
             s.disconnected_at_ms = Some(at);
@@ -623,6 +688,13 @@ impl Shared {
                         seq,
                     }),
                 }
+            }
+            if let Some(will) = will {
+                s.pending_will = Some(PendingWill {
+                    gen_id: self.will_gen.fetch_add(1, Ordering::Relaxed),
+                    due_ms: at + u64::from(will.delay.min(s.expiry)) * 1000,
+                    will,
+                });
             }
             if rec.disconnected_at.is_none() {
                 detached.push(WriteOp::PutSession(session_record(
@@ -664,6 +736,6 @@ impl Shared {
         if !detached.is_empty() {
             self.store.write_detached(detached);
         }
-        Ok(())
+        Ok(ended_wills)
     }
 }

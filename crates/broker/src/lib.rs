@@ -229,15 +229,28 @@ impl Broker {
     /// A broker over `store`, restoring persistent sessions and retained messages from it.
     ///
     /// Sessions found in the store start offline; one still marked connected (the process
-    /// died) counts as disconnected now. The once-a-second session-expiry sweep starts here
-    /// when called inside a tokio runtime, else with the first connection.
+    /// died) counts as disconnected now, and its Will (if any) is published when its delay
+    /// ends, as for any connection lost without DISCONNECT. The once-a-second session-expiry
+    /// sweep, which also publishes restored Wills that fall due, starts here when called
+    /// inside a tokio runtime, else with the first connection.
     pub fn new(
         config: BrokerConfig,
         store: thingd_store::Store,
         authorizer: Arc<dyn Authorizer>,
     ) -> Result<Broker, thingd_store::StoreError> {
         let shared = Arc::new(broker::Shared::new(config, store, authorizer));
-        shared.restore()?;
+        let mut wills = shared.restore()?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Wills already due (their sessions ended, their delay ended or their connections
+            // were cut off while thingd was down) go out before anyone can resume a session.
+            wills.extend(shared.sweep());
+            shared.publish_wills(wills);
+        } else if !wills.is_empty() {
+            tracing::warn!(
+                count = wills.len(),
+                "wills of sessions that ended while thingd was down not published: no runtime"
+            );
+        }
         will::start_sweeper(&shared);
         Ok(Broker { shared })
     }

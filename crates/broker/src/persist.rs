@@ -7,7 +7,10 @@
 //!
 //! Session state blob: `[1: format = 1][2: n]` then n subscriptions
 //! `[2: len][filter][1: options byte as on the wire][4: subscription id, 0 = none]`, then
-//! `[2: m]` and m inbound QoS 2 packet ids awaiting PUBREL.
+//! `[2: m]` and m inbound QoS 2 packet ids awaiting PUBREL, then optionally the session's
+//! Will: `[1: 1][4: Will Delay Interval][1: has expiry][4: Message Expiry Interval]` and
+//! `[4: n]` n bytes of a message blob (its expiry header absolute once the connection has
+//! closed). State written before Wills were kept ends after the packet ids.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use thingd_mqtt::{Packet, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 
 use crate::message::{AppMsg, Delivery, encode_frame, forwardable, publish_packet};
-use crate::session::SubRecord;
+use crate::session::{SubRecord, Will};
 
 const FORMAT: u8 = 1;
 
@@ -84,10 +87,20 @@ pub(crate) fn decode_delivery(blob: &[u8]) -> Option<Delivery> {
 }
 
 /// The persisted part of a session.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct SessionState {
     pub(crate) subs: Vec<(String, SubRecord)>,
     pub(crate) inbound_qos2: Vec<u16>,
+    pub(crate) will: Option<StoredWill>,
+}
+
+/// A Will as stored with its session (its policy is not: only a Will its connection may
+/// publish is stored).
+#[derive(Debug, Clone)]
+pub(crate) struct StoredWill {
+    pub(crate) msg: AppMsg,
+    pub(crate) expiry_interval: Option<u32>,
+    pub(crate) delay: u32,
 }
 
 fn options_byte(o: &SubscriptionOptions) -> u8 {
@@ -111,7 +124,11 @@ fn options_from(b: u8) -> SubscriptionOptions {
 }
 
 /// Encodes session state.
-pub(crate) fn encode_state(subs: &HashMap<String, SubRecord>, inbound_qos2: &[u16]) -> Vec<u8> {
+pub(crate) fn encode_state(
+    subs: &HashMap<String, SubRecord>,
+    inbound_qos2: &[u16],
+    will: Option<&Will>,
+) -> Vec<u8> {
     let mut out = BytesMut::new();
     out.put_u8(FORMAT);
     let mut list: Vec<_> = subs.iter().collect();
@@ -128,6 +145,15 @@ pub(crate) fn encode_state(subs: &HashMap<String, SubRecord>, inbound_qos2: &[u1
     out.put_u16(inbound_qos2.len().min(u16::MAX as usize) as u16);
     for id in inbound_qos2.iter().take(u16::MAX as usize) {
         out.put_u16(*id);
+    }
+    if let Some(w) = will {
+        out.put_u8(1);
+        out.put_u32(w.delay);
+        out.put_u8(u8::from(w.expiry_interval.is_some()));
+        out.put_u32(w.expiry_interval.unwrap_or(0));
+        let blob = encode_message(&Arc::new(w.msg.clone()));
+        out.put_u32(u32::try_from(blob.len()).unwrap_or(u32::MAX));
+        out.put_slice(&blob);
     }
     out.to_vec()
 }
@@ -169,6 +195,24 @@ pub(crate) fn decode_state(mut b: &[u8]) -> Option<SessionState> {
         }
         st.inbound_qos2.push(b.get_u16());
     }
+    if b.has_remaining() {
+        if b.remaining() < 14 || b.get_u8() != 1 {
+            return None;
+        }
+        let delay = b.get_u32();
+        let has_expiry = b.get_u8() != 0;
+        let expiry = b.get_u32();
+        let len = b.get_u32() as usize;
+        if b.remaining() < len {
+            return None;
+        }
+        let d = decode_delivery(&b[..len])?;
+        st.will = Some(StoredWill {
+            msg: Arc::unwrap_or_clone(d.msg),
+            expiry_interval: has_expiry.then_some(expiry),
+            delay,
+        });
+    }
     Some(st)
 }
 
@@ -198,11 +242,44 @@ mod tests {
                 id: None,
             },
         );
-        let blob = encode_state(&subs, &[7, 9]);
+        let blob = encode_state(&subs, &[7, 9], None);
         let st = decode_state(&blob).expect("decodes");
         assert_eq!(st.inbound_qos2, vec![7, 9]);
+        assert!(st.will.is_none());
         let back: HashMap<_, _> = st.subs.into_iter().collect();
         assert_eq!(back, subs);
+    }
+
+    #[test]
+    fn state_with_a_will_round_trip() {
+        let will = Will {
+            msg: AppMsg {
+                topic: thingd_mqtt::ByteStr::from("status/dev1"),
+                payload: bytes::Bytes::from_static(b"offline"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                props: None,
+                expires_at: Some(1_700_000_060_000),
+                origin: None,
+                frames: Default::default(),
+            },
+            expiry_interval: Some(60),
+            delay: 30,
+            policy: Arc::new(crate::AllowAll),
+        };
+        let blob = encode_state(&HashMap::new(), &[3], Some(&will));
+        let st = decode_state(&blob).expect("decodes");
+        assert_eq!(st.inbound_qos2, vec![3]);
+        let back = st.will.expect("the will");
+        assert_eq!((back.delay, back.expiry_interval), (30, Some(60)));
+        assert_eq!(back.msg.topic, will.msg.topic);
+        assert_eq!(back.msg.payload, will.msg.payload);
+        assert_eq!((back.msg.qos, back.msg.retain), (QoS::AtLeastOnce, true));
+        assert_eq!(back.msg.expires_at, will.msg.expires_at);
+        // Cut anywhere inside the will, the state is corrupt, not a state without it.
+        for cut in blob.len() - 20..blob.len() {
+            assert!(decode_state(&blob[..cut]).is_none(), "cut at {cut}");
+        }
     }
 
     #[test]

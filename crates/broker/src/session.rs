@@ -135,6 +135,16 @@ pub(crate) struct Will {
     pub(crate) policy: Arc<dyn ConnectionPolicy>,
 }
 
+/// A Will whose connection has closed, waiting for its delay: published at `due_ms` (by its
+/// timer, `will::schedule`, or the expiry sweep) unless the session resumes first.
+pub(crate) struct PendingWill {
+    /// Tells this will from a later one of the same session (see `will::schedule`).
+    pub(crate) gen_id: u64,
+    /// Unix ms.
+    pub(crate) due_ms: u64,
+    pub(crate) will: Box<Will>,
+}
+
 /// An outbound QoS 1/2 message sent and not yet acknowledged.
 #[derive(Debug)]
 pub(crate) struct Inflight {
@@ -214,8 +224,8 @@ pub(crate) struct Session {
     /// The live connection's Will. Both Will fields are boxed: a Will is over 500 bytes and
     /// most sessions have none.
     pub(crate) will: Option<Box<Will>>,
-    /// A delayed Will of a closed connection: (generation, will).
-    pub(crate) pending_will: Option<(u64, Box<Will>)>,
+    /// A delayed Will of a closed connection.
+    pub(crate) pending_will: Option<PendingWill>,
     pub(crate) disconnected_at_ms: Option<u64>,
     /// When an offline session is filed to expire (`Shared::file_expiry`).
     pub(crate) expires_at_ms: Option<u64>,
@@ -260,6 +270,26 @@ impl Session {
         }
         self.disconnected_at_ms
             .map(|at| at + u64::from(self.expiry) * 1000)
+    }
+
+    /// When the sweep next has work for this offline session: its expiry, or its pending
+    /// will's delay if that ends first.
+    pub(crate) fn sweep_due_ms(&self) -> Option<u64> {
+        let will_due = self.pending_will.as_ref().map(|p| p.due_ms);
+        match (self.expiry_due_ms(), will_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The Will that belongs in the session's stored state: the live connection's, or the
+    /// pending one of a closed connection.
+    pub(crate) fn will_to_store(&self) -> Option<&Will> {
+        match (&self.will, &self.pending_will) {
+            (Some(w), _) => Some(w),
+            (None, Some(p)) => Some(&p.will),
+            (None, None) => None,
+        }
     }
 
     /// True while `conn_id` is the session's live connection.

@@ -24,6 +24,10 @@ impl Shared {
         let expires_at = will.msg.expires_at.or_else(|| {
             crate::message::expiry_from(will.expiry_interval, self.config.max_message_expiry, now)
         });
+        if expires_at.is_some_and(|at| at <= now) {
+            tracing::debug!(%topic, "will not published: its message expired during the delay");
+            return;
+        }
         let msg = Arc::new(AppMsg {
             expires_at,
             ..will.msg
@@ -69,16 +73,10 @@ pub(crate) fn schedule(
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        let will = {
-            let mut s = cell.lock();
-            match &s.pending_will {
-                Some((g, _)) if *g == gen_id => s.pending_will.take().map(|(_, w)| w),
-                _ => None,
-            }
-        };
+        let will = shared.take_due_will(&mut cell.lock(), Some(gen_id));
         if let Some(w) = will {
             tracing::debug!(client_id = %client_id, "will delay elapsed");
-            shared.publish_will(*w);
+            shared.publish_will(w);
         }
     });
 }

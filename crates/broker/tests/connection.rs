@@ -1803,3 +1803,79 @@ async fn qos2_to_a_persistent_session_resumes_at_its_stage_after_a_crash() {
     fourth.expect_nothing().await;
     assert!(h.store.messages(id).expect("messages").is_empty());
 }
+
+/// A persistent v5 session `id` with a Will on `wills/<id>` (QoS 1) of `delay` seconds.
+async fn connect_with_will(h: &Harness, id: &str, delay: u32) -> Client {
+    let mut c = h.stream(None);
+    let mut p = connect_packet(V5, id, false);
+    p.properties.session_expiry_interval = Some(600);
+    let mut w = will(&format!("wills/{id}"), b"offline", QoS::AtLeastOnce, false);
+    w.properties.will_delay_interval = Some(delay);
+    p.will = Some(w);
+    let ack = c.connect(p).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    c
+}
+
+/// A persistent session subscribed to every will, left offline so that wills queue for it.
+async fn will_watcher(h: &Harness) {
+    let (mut watcher, _) = h.persistent(V5, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+}
+
+/// A delayed Will is part of its session's state (MQTT 5): pending when thingd restarts, it is
+/// published when its delay ends, once, and a session resumed in time still cancels it.
+#[tokio::test]
+async fn a_pending_delayed_will_outlives_a_restart() {
+    let mut h = Harness::new();
+    will_watcher(&h).await;
+    drop(connect_with_will(&h, "gone", 30).await);
+    drop(connect_with_will(&h, "back", 30).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.restart().await;
+    let (mut back, ack) = h.persistent(V5, "back").await;
+    assert!(ack.session_present);
+    skip(Duration::from_secs(31)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut watcher, _) = h.persistent(V5, "watcher").await;
+    let got = watcher.receive().await;
+    assert_eq!(got.topic.as_str(), "wills/gone");
+    watcher.expect_nothing().await;
+    drop(watcher);
+
+    // Published once: the session is stored without it at once, so not even a crash (no
+    // shutdown rewriting every session) brings it back. ("back" leaves normally, which
+    // discards its will.)
+    back.send(Packet::Disconnect(Disconnect {
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let broker = broker_after_crash(&h);
+    let mut watcher = serve_pipe(&broker, 1 << 16, None);
+    let ack = watcher.connect(resume_packet(V5, "watcher")).await;
+    assert!(ack.session_present);
+    skip(Duration::from_secs(31)).await;
+    watcher.expect_nothing().await;
+}
+
+/// A connection cut off by a crash is a connection lost without DISCONNECT: the restarted
+/// broker publishes the Will of a persistent session that was still connected.
+#[tokio::test]
+async fn the_will_of_a_connection_cut_off_by_a_crash_is_published() {
+    let h = Harness::new();
+    will_watcher(&h).await;
+    // Held open (the first broker never sees it close) until the end.
+    let _device = connect_with_will(&h, "device", 0).await;
+    let broker = broker_after_crash(&h);
+    let mut watcher = serve_pipe(&broker, 1 << 16, None);
+    let ack = watcher.connect(resume_packet(V5, "watcher")).await;
+    assert!(ack.session_present);
+    let got = watcher.receive().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("wills/device", &b"offline"[..])
+    );
+    watcher.expect_nothing().await;
+}
