@@ -428,3 +428,55 @@ fn qos2_resumes_at_its_stage_after_kill9() {
     })
     .unwrap_or_else(|error| panic!("{error:#}"));
 }
+
+/// The Will of a device whose connection a crash cut off is published after the restart (the
+/// connection was lost without DISCONNECT), and reaches a persistent subscriber once.
+#[test]
+fn the_will_of_a_device_connected_at_kill9_is_published_after_restart() {
+    use crate::raw_protocol::{Connect, PUBACK, RawClient, Will, ack, prop};
+
+    let mut env = env();
+    let persistent = |id: &str| Connect {
+        clean: false,
+        props: prop::u32(0x11, 600),
+        ..Connect::v5(id)
+    };
+    let watcher = persistent("will-watcher");
+    let _device = block_on(async {
+        let (mut w, _) = RawClient::connect_at(env.server.mqtts, &env.device, &watcher).await?;
+        assert_eq!(
+            w.subscribe(true, 1, &[], &[("e2e/wills/#", 1)]).await?,
+            vec![1]
+        );
+        drop(w);
+        let device = Connect {
+            will: Some(Will {
+                topic: b"e2e/wills/sensor-7".to_vec(),
+                payload: b"offline".to_vec(),
+                qos: 1,
+                retain: false,
+                props: Vec::new(),
+            }),
+            ..persistent("sensor-7")
+        };
+        let (device, _) = RawClient::connect_at(env.server.mqtts, &env.device, &device).await?;
+        anyhow::Ok(device)
+    })
+    .unwrap_or_else(|error| panic!("{error:#}"));
+
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+    block_on(async {
+        let mut w = resume_raw(env.server.mqtts, &env.device, &watcher).await?;
+        let got = w.expect_publish(true).await?;
+        assert_eq!(
+            (got.topic.as_str(), got.payload.as_ref()),
+            ("e2e/wills/sensor-7", &b"offline"[..])
+        );
+        w.send(&ack(PUBACK, got.pkid)).await?;
+        w.expect_silence().await?;
+        anyhow::Ok(())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}"));
+}
