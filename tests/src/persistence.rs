@@ -17,6 +17,11 @@ struct Env {
     _dir: tempfile::TempDir,
 }
 
+/// Runs a step of a test written with the raw client; its error fails the test.
+fn step<T>(future: impl Future<Output = anyhow::Result<T>>) -> T {
+    block_on(future).unwrap_or_else(|error| panic!("{error:#}"))
+}
+
 fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -341,9 +346,7 @@ async fn resume_raw(
 /// message on and forgotten the id, and a second PUBLISH would reach it twice.
 #[test]
 fn qos2_resumes_at_its_stage_after_kill9() {
-    use crate::raw_protocol::{
-        Connect, PUBCOMP, PUBREC, PUBREL, RawClient, ack, kind, prop, publish,
-    };
+    use crate::raw_protocol::{Connect, PUBCOMP, PUBREC, RawClient, ack, kind, prop};
 
     let mut env = env();
     let id = "q2-durable";
@@ -352,7 +355,7 @@ fn qos2_resumes_at_its_stage_after_kill9() {
         props: prop::u32(0x11, 600),
         ..Connect::v5(id)
     };
-    let open_id = block_on(async {
+    let open_id = step(async {
         let (mut sub, _) = RawClient::connect_at(env.server.mqtts, &env.device, &session).await?;
         assert_eq!(
             sub.subscribe(true, 1, &[], &[("e2e/q2/#", 2)]).await?,
@@ -362,18 +365,7 @@ fn qos2_resumes_at_its_stage_after_kill9() {
             RawClient::connect_at(env.server.mqtts, &env.device, &Connect::v5("q2-pub")).await?;
         // Two messages completed first, so that the open one does not have the first id.
         for (pkid, payload) in [(1u16, &b"done 1"[..]), (2, b"done 2"), (3, b"open")] {
-            publisher
-                .send(&publish(true, "e2e/q2/t", 2, false, pkid, &[], payload))
-                .await?;
-            assert_eq!(
-                publisher.expect(kind::PUBREC).await?.ack(kind::PUBREC)?,
-                (pkid, 0)
-            );
-            publisher.send(&ack(PUBREL, pkid)).await?;
-            assert_eq!(
-                publisher.expect(kind::PUBCOMP).await?.ack(kind::PUBCOMP)?,
-                (pkid, 0)
-            );
+            publisher.publish_qos2("e2e/q2/t", pkid, payload).await?;
             let got = sub.expect_publish(true).await?;
             assert_eq!(got.payload.as_ref(), payload);
             if payload == b"open" {
@@ -387,13 +379,12 @@ fn qos2_resumes_at_its_stage_after_kill9() {
             sub.send(&ack(PUBCOMP, got.pkid)).await?;
         }
         unreachable!("the loop returns at the open message")
-    })
-    .unwrap_or_else(|error| panic!("{error:#}"));
+    });
 
     env.server
         .restart()
         .expect("thingd starts again after kill -9");
-    block_on(async {
+    step(async {
         let mut sub = resume_raw(env.server.mqtts, &env.device, &session).await?;
         let again = sub.expect_publish(true).await?;
         assert_eq!(
@@ -408,13 +399,12 @@ fn qos2_resumes_at_its_stage_after_kill9() {
             (open_id, 0)
         );
         anyhow::Ok(())
-    })
-    .unwrap_or_else(|error| panic!("{error:#}"));
+    });
 
     env.server
         .restart()
         .expect("thingd starts again after kill -9");
-    block_on(async {
+    step(async {
         let mut sub = resume_raw(env.server.mqtts, &env.device, &session).await?;
         assert_eq!(
             sub.expect(kind::PUBREL).await?.ack(kind::PUBREL)?,
@@ -425,8 +415,7 @@ fn qos2_resumes_at_its_stage_after_kill9() {
         sub.send(&ack(PUBCOMP, open_id)).await?;
         sub.expect_silence().await?;
         anyhow::Ok(())
-    })
-    .unwrap_or_else(|error| panic!("{error:#}"));
+    });
 }
 
 /// The Will of a device whose connection a crash cut off is published after the restart (the
@@ -442,7 +431,7 @@ fn the_will_of_a_device_connected_at_kill9_is_published_after_restart() {
         ..Connect::v5(id)
     };
     let watcher = persistent("will-watcher");
-    let _device = block_on(async {
+    let _device = step(async {
         let (mut w, _) = RawClient::connect_at(env.server.mqtts, &env.device, &watcher).await?;
         assert_eq!(
             w.subscribe(true, 1, &[], &[("e2e/wills/#", 1)]).await?,
@@ -461,13 +450,12 @@ fn the_will_of_a_device_connected_at_kill9_is_published_after_restart() {
         };
         let (device, _) = RawClient::connect_at(env.server.mqtts, &env.device, &device).await?;
         anyhow::Ok(device)
-    })
-    .unwrap_or_else(|error| panic!("{error:#}"));
+    });
 
     env.server
         .restart()
         .expect("thingd starts again after kill -9");
-    block_on(async {
+    step(async {
         let mut w = resume_raw(env.server.mqtts, &env.device, &watcher).await?;
         let got = w.expect_publish(true).await?;
         assert_eq!(
@@ -477,6 +465,5 @@ fn the_will_of_a_device_connected_at_kill9_is_published_after_restart() {
         w.send(&ack(PUBACK, got.pkid)).await?;
         w.expect_silence().await?;
         anyhow::Ok(())
-    })
-    .unwrap_or_else(|error| panic!("{error:#}"));
+    });
 }

@@ -673,6 +673,23 @@ impl RawClient {
         )
     }
 
+    /// Publishes at QoS 2 (MQTT 5) and completes the exchange, checking each answer.
+    pub(crate) async fn publish_qos2(
+        &mut self,
+        topic: &str,
+        pkid: u16,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        self.send(&publish(true, topic, 2, false, pkid, &[], payload))
+            .await?;
+        let rec = self.expect(kind::PUBREC).await?.ack(kind::PUBREC)?;
+        anyhow::ensure!(rec == (pkid, 0), "PUBREC {rec:?} for {pkid}");
+        self.send(&ack(PUBREL, pkid)).await?;
+        let comp = self.expect(kind::PUBCOMP).await?.ack(kind::PUBCOMP)?;
+        anyhow::ensure!(comp == (pkid, 0), "PUBCOMP {comp:?} for {pkid}");
+        Ok(())
+    }
+
     /// Writes bytes.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await?;
@@ -1596,18 +1613,7 @@ async fn delivery_qos_is_the_lower_of_publish_and_subscription() -> TestResult {
         .await?;
     let mut publisher = RawClient::v5(&server, &device, "downgrade-pub").await?;
     for (pkid, topic, payload) in [(1u16, "d/0", b"a"), (2, "d/1", b"b")] {
-        publisher
-            .send(&publish(true, topic, 2, false, pkid, &[], payload))
-            .await?;
-        assert_eq!(
-            publisher.expect(kind::PUBREC).await?.ack(kind::PUBREC)?,
-            (pkid, 0)
-        );
-        publisher.send(&ack(PUBREL, pkid)).await?;
-        assert_eq!(
-            publisher.expect(kind::PUBCOMP).await?.ack(kind::PUBCOMP)?,
-            (pkid, 0)
-        );
+        publisher.publish_qos2(topic, pkid, payload).await?;
     }
     publisher
         .send(&publish(true, "d/1", 0, false, 0, &[], b"c"))
