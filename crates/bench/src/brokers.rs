@@ -224,12 +224,40 @@ fn which(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Locates a broker's binary and version, or says why it is missing.
+/// The rumqttd release the tool installs (the one the committed figures were measured with).
+pub(crate) const RUMQTTD_VERSION: &str = "0.20.0";
+
+/// Installs rumqttd from crates.io into `tools` (`tools/bin/rumqttd`), with the feature that
+/// makes it verify client certificates (without it its TLS listener accepts any client).
+pub(crate) fn install_rumqttd(tools: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "rumqttd: not found; installing rumqttd {RUMQTTD_VERSION} from crates.io into {} \
+         (a few minutes; --no-install skips this)",
+        tools.display()
+    );
+    let status = Command::new(cargo)
+        // Not --locked: the lock file published with 0.20.0 pins metrics 0.22.1, which
+        // current Rust refuses; the newest compatible releases build.
+        .args(["install", "rumqttd", "--version", RUMQTTD_VERSION])
+        .args(["--features", "verify-client-cert", "--root"])
+        .arg(tools)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo install rumqttd failed ({status})"))
+    }
+}
+
+/// Locates a broker's binary and version, or says why it is missing. rumqttd is looked for
+/// in `tools/bin` too (where `install_rumqttd` puts it).
 pub(crate) fn locate(
     kind: Kind,
     thingd: &Path,
     rumqttd: Option<&Path>,
-    repo: &Path,
+    tools: &Path,
 ) -> Result<Installed, String> {
     let binary = match kind {
         Kind::Thingd => Some(thingd.to_path_buf()),
@@ -241,7 +269,7 @@ pub(crate) fn locate(
             ],
         ),
         Kind::Rumqttd => rumqttd.map(Path::to_path_buf).or_else(|| {
-            let mut extra = vec![repo.join("target/bench-tools/bin/rumqttd")];
+            let mut extra = vec![tools.join("bin/rumqttd")];
             if let Some(home) = std::env::var_os("CARGO_HOME") {
                 extra.push(PathBuf::from(home).join("bin/rumqttd"));
             }
@@ -255,9 +283,10 @@ pub(crate) fn locate(
         return Err(match kind {
             Kind::Thingd => format!("{} not found", thingd.display()),
             Kind::Mosquitto => "not installed (apt-get install mosquitto)".to_owned(),
-            Kind::Rumqttd => "not installed (cargo install rumqttd --features verify-client-cert \
-                              --root target/bench-tools)"
-                .to_owned(),
+            Kind::Rumqttd => format!(
+                "not installed (cargo install rumqttd --features verify-client-cert --root {})",
+                tools.display()
+            ),
         });
     };
     let args: &[&str] = match kind {

@@ -58,9 +58,16 @@ struct CompareArgs {
     /// The thingd binary (default: build it with cargo and use target/<profile>/thingd).
     #[arg(long, env = "THINGD_BIN")]
     thingd: Option<PathBuf>,
-    /// The rumqttd binary (default: PATH, ~/.cargo/bin, target/bench-tools/bin).
+    /// The rumqttd binary (default: PATH, ~/.cargo/bin, <tools-dir>/bin).
     #[arg(long, env = "RUMQTTD_BIN")]
     rumqttd: Option<PathBuf>,
+    /// Where the tool installs rumqttd when it finds none (default: target/bench-tools).
+    #[arg(long, env = "THINGD_BENCH_TOOLS")]
+    tools_dir: Option<PathBuf>,
+    /// Do not install rumqttd when it is missing (report it as missing instead). A smoke run
+    /// installs it only when --brokers names it.
+    #[arg(long)]
+    no_install: bool,
     /// Where to write the report (default: docs/benchmarks.md for a full run).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -361,8 +368,26 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let mut run_id = 0u32;
     // Every broker is looked for first, so a smoke run without a broker it needs fails at once.
     let mut found = Vec::new();
+    let tools = args
+        .tools_dir
+        .clone()
+        .unwrap_or_else(|| repo.join("target/bench-tools"));
+    // A full run installs a missing rumqttd (it builds thingd too); a smoke run only when
+    // asked for it by name, so that CI does not spend minutes compiling a peer it skips.
+    let install = !args.no_install && (!args.smoke || args.brokers.is_some());
     for kind in Kind::ALL.into_iter().filter(|k| kinds.contains(k)) {
-        match brokers::locate(kind, &thingd, args.rumqttd.as_deref(), &repo) {
+        let mut located = brokers::locate(kind, &thingd, args.rumqttd.as_deref(), &tools);
+        if let Err(missing) = &located
+            && kind == Kind::Rumqttd
+            && install
+            && args.rumqttd.is_none()
+        {
+            located = match brokers::install_rumqttd(&tools) {
+                Ok(()) => brokers::locate(kind, &thingd, None, &tools),
+                Err(failed) => Err(format!("{missing}; installing it: {failed}")),
+            };
+        }
+        match located {
             Ok(installed) => {
                 versions.push(format!(
                     "| {kind} | {} | `{}` |",

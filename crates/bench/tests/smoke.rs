@@ -198,3 +198,105 @@ fn smoke_shadow_updates_are_accepted() {
         "every thing got at least one update accepted: {row}"
     );
 }
+
+/// A rumqttd the tool cannot find is installed with cargo into the tools directory when the
+/// run asks for it (here a smoke run naming it), then used from there; when the install
+/// fails, rumqttd is reported missing with the reason. `cargo` is a stand-in that records how
+/// it was called, so the test compiles nothing.
+#[test]
+fn a_missing_rumqttd_is_installed_into_the_tools_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tools = dir.path().join("tools");
+    let calls = dir.path().join("cargo-calls");
+    let fake_cargo = dir.path().join("cargo");
+    let report = dir.path().join("report.md");
+    std::fs::write(
+        &fake_cargo,
+        format!(
+            r#"#!/bin/sh
+echo "$@" >> {calls}
+[ -n "$FAIL_INSTALL" ] && exit 1
+root=$(echo "$@" | sed 's/.*--root //')
+mkdir -p "$root/bin"
+printf '#!/bin/sh\necho "rumqttd 0.20.0"\n' > "$root/bin/rumqttd"
+chmod +x "$root/bin/rumqttd"
+"#,
+            calls = calls.display()
+        ),
+    )
+    .expect("write the stand-in cargo");
+    let mut perms = std::fs::metadata(&fake_cargo)
+        .expect("metadata")
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&fake_cargo, perms).expect("chmod");
+
+    let args = [
+        "compare",
+        "--smoke",
+        "--brokers",
+        "thingd,rumqttd",
+        "--transports",
+        "tcp",
+        "--only",
+        "1→1 QoS 0",
+        "--tools-dir",
+        tools.to_str().expect("utf-8 path"),
+        "--out",
+        report.to_str().expect("utf-8 path"),
+    ];
+    let cargo = fake_cargo.to_str().expect("utf-8 path");
+    // The PATH without any real rumqttd.
+    let path = "/usr/bin:/bin";
+
+    let failed = bench(
+        &args,
+        &[("CARGO", cargo), ("PATH", path), ("FAIL_INSTALL", "1")],
+        None,
+    );
+    assert!(!failed.ok, "{}", failed.describe());
+    assert!(
+        failed
+            .stderr
+            .contains("installing it: cargo install rumqttd failed"),
+        "{}",
+        failed.stderr
+    );
+
+    let installed = bench(&args, &[("CARGO", cargo), ("PATH", path)], None);
+    let recorded = std::fs::read_to_string(&calls).expect("cargo was called");
+    let expected = format!(
+        "install rumqttd --version 0.20.0 --features verify-client-cert --root {}",
+        tools.display()
+    );
+    assert_eq!(
+        recorded.lines().collect::<Vec<_>>(),
+        vec![expected.as_str(), expected.as_str()]
+    );
+    // Found where it was installed (the report's versions table names the binary); the
+    // stand-in is no broker, so its run itself fails.
+    let at = format!(
+        "| rumqttd | rumqttd 0.20.0 | `{}` |",
+        tools.join("bin/rumqttd").display()
+    );
+    let written = std::fs::read_to_string(&report).expect("report written");
+    assert!(
+        written.contains(&at),
+        "{}\n{}",
+        written,
+        installed.describe()
+    );
+
+    // Once there, it is not installed again.
+    std::fs::remove_file(&report).expect("remove the report");
+    let again = bench(&args, &[("CARGO", cargo), ("PATH", path)], None);
+    let written = std::fs::read_to_string(&report).expect("report written");
+    assert!(written.contains(&at), "{}\n{}", written, again.describe());
+    assert_eq!(
+        std::fs::read_to_string(&calls)
+            .expect("calls")
+            .lines()
+            .count(),
+        2
+    );
+}
