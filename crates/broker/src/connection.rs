@@ -14,6 +14,7 @@ use thingd_mqtt::{
     ByteStr, Disconnect, Packet, Properties, ProtocolVersion, PubResp, PubRespKind, Publish, QoS,
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
+use thingd_store::WriteOp;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -628,6 +629,10 @@ impl Conn {
                 }
             };
         }
+        // A persistent session stores the id before PUBREC (the write goes ahead of the
+        // message's own, which the PUBREC may wait for instead): after a restart, the client's
+        // retransmission is then still recognised, not delivered a second time.
+        let mut id_stored = None;
         if p.qos == QoS::ExactlyOnce {
             let mut s = self.cell.lock();
             if !s.inbound_qos2.insert(pid) {
@@ -635,6 +640,13 @@ impl Conn {
                 // Already delivered; the PUBLISH is a retransmission.
                 self.push_ack(PubRespKind::PubRec, pid, ReasonCode::Success, None);
                 return Ok(());
+            }
+            if s.stored {
+                let mut fx = self.shared.effects();
+                fx.durable
+                    .push(WriteOp::PutSession(session_record(&s, None)));
+                drop(s);
+                id_stored = self.shared.commit(fx);
             }
         }
         let now = self.shared.clock.now_ms();
@@ -662,7 +674,7 @@ impl Conn {
             QoS::ExactlyOnce => Some(PubRespKind::PubRec),
         };
         let ack_at = ack.map(|kind| {
-            self.push_ack(kind, pid, ReasonCode::Success, None);
+            self.push_ack(kind, pid, ReasonCode::Success, id_stored);
             self.acks.len() - 1
         });
         batch.msgs.push(Batched { msg, ack_at });
@@ -719,18 +731,32 @@ impl Conn {
                 }
             }
             PubRespKind::PubRel => {
-                let known = self.cell.lock().inbound_qos2.remove(&r.packet_id);
+                let known = {
+                    let mut s = self.cell.lock();
+                    let known = s.inbound_qos2.remove(&r.packet_id);
+                    // A persistent session forgets the id in the store before PUBCOMP: an id
+                    // remembered after a restart would make the client's next message with it
+                    // look like a retransmission, and be dropped.
+                    if known && s.stored {
+                        fx.durable
+                            .push(WriteOp::PutSession(session_record(&s, None)));
+                    }
+                    known
+                };
                 let reason = if known || !self.v5() {
                     ReasonCode::Success
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.write(&Packet::PubResp(PubResp {
+                let comp = Packet::PubResp(PubResp {
                     kind: PubRespKind::PubComp,
                     packet_id: r.packet_id,
                     reason,
                     properties: Properties::default(),
-                }));
+                });
+                let stored = self.shared.commit(fx);
+                self.push_pending(comp, stored);
+                return Ok(());
             }
         }
         drop(self.shared.commit(fx));
@@ -849,7 +875,7 @@ impl Conn {
             if changed && s.persistent() {
                 s.stored = true;
                 fx.durable
-                    .push(thingd_store::WriteOp::PutSession(session_record(&s, None)));
+                    .push(WriteOp::PutSession(session_record(&s, None)));
             }
         }
         let granted: Vec<String> = sub
@@ -943,7 +969,7 @@ impl Conn {
             }
             if changed && s.persistent() {
                 fx.durable
-                    .push(thingd_store::WriteOp::PutSession(session_record(&s, None)));
+                    .push(WriteOp::PutSession(session_record(&s, None)));
             }
         }
         let removed: Vec<String> = u

@@ -1879,3 +1879,76 @@ async fn the_will_of_a_connection_cut_off_by_a_crash_is_published() {
     );
     watcher.expect_nothing().await;
 }
+
+/// QoS 2 from a persistent session across crashes: an id answered with PUBREC is still known
+/// after a restart (the client's retransmission is answered, not delivered again), and an id
+/// released with PUBCOMP is forgotten (the client's next message with it is delivered).
+#[tokio::test]
+async fn qos2_from_a_persistent_session_keeps_its_ids_across_a_crash() {
+    let h = Harness::new();
+    let (mut sub, _) = h.persistent(V5, "q2-reader").await;
+    sub.subscribe("in/q2", QoS::AtLeastOnce).await;
+    drop(sub);
+    let (mut publisher, _) = h.persistent(V5, "q2-writer").await;
+    publisher
+        .send(publish("in/q2", b"once", QoS::ExactlyOnce, false, Some(7)))
+        .await;
+    assert_eq!(
+        publisher.expect_resp(PubRespKind::PubRec).await.packet_id,
+        7
+    );
+
+    // Crash before PUBREL: the retransmission is recognised.
+    let broker = broker_after_crash(&h);
+    let mut publisher = serve_pipe(&broker, 1 << 16, None);
+    assert!(
+        publisher
+            .connect(resume_packet(V5, "q2-writer"))
+            .await
+            .session_present
+    );
+    let mut again = publish("in/q2", b"once", QoS::ExactlyOnce, false, Some(7));
+    if let Packet::Publish(p) = &mut again {
+        p.dup = true;
+    }
+    publisher.send(again).await;
+    assert_eq!(
+        publisher.expect_resp(PubRespKind::PubRec).await.packet_id,
+        7
+    );
+    publisher.send(ack(PubRespKind::PubRel, 7)).await;
+    assert_eq!(
+        publisher.expect_resp(PubRespKind::PubComp).await.packet_id,
+        7
+    );
+
+    // Crash after PUBCOMP: 7 is free again, and a new message with it is delivered.
+    let broker = broker_after_crash(&h);
+    let mut publisher = serve_pipe(&broker, 1 << 16, None);
+    assert!(
+        publisher
+            .connect(resume_packet(V5, "q2-writer"))
+            .await
+            .session_present
+    );
+    publisher
+        .send(publish("in/q2", b"twice", QoS::ExactlyOnce, false, Some(7)))
+        .await;
+    assert_eq!(
+        publisher.expect_resp(PubRespKind::PubRec).await.packet_id,
+        7
+    );
+    let mut reader = serve_pipe(&broker, 1 << 16, None);
+    assert!(
+        reader
+            .connect(resume_packet(V5, "q2-reader"))
+            .await
+            .session_present
+    );
+    let payloads = [
+        reader.expect_publish().await.payload,
+        reader.expect_publish().await.payload,
+    ];
+    assert_eq!(payloads, [&b"once"[..], &b"twice"[..]]);
+    reader.expect_nothing().await;
+}
