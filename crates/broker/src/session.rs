@@ -436,14 +436,10 @@ impl Session {
     /// writer full).
     fn send_now(&mut self, d: Delivery, fx: &mut Effects) -> bool {
         let Some((pid, issued)) = self.alloc_pid(&d) else {
-            self.queue.push_front(d);
-            fx.queued += 1;
-            return false;
+            return self.wait_at_head(d, fx);
         };
         let Some(link) = self.conn.as_mut() else {
-            self.queue.push_front(d);
-            fx.queued += 1;
-            return false;
+            return self.wait_at_head(d, fx);
         };
         let frame = if shareable(link, &d) {
             shared_frame(link, &d, Some(pid), fx).filter(|f| f.len() <= link.max_packet)
@@ -456,9 +452,7 @@ impl Session {
             return true;
         };
         let Ok(queued) = link.tx.try_send(frame) else {
-            self.queue.push_front(d);
-            fx.queued += 1;
-            return false;
+            return self.wait_at_head(d, fx);
         };
         fx.slow.extend(SlowReceiver::after_send(&link.tx, queued));
         fx.sent[d.qos as usize] += 1;
@@ -469,6 +463,14 @@ impl Session {
             released: false,
         });
         true
+    }
+
+    /// Puts `d` back at the head of the queue, for `pump` to send when it can; false, for
+    /// `send_now` to return.
+    fn wait_at_head(&mut self, d: Delivery, fx: &mut Effects) -> bool {
+        self.queue.push_front(d);
+        fx.queued += 1;
+        false
     }
 
     /// Moves queued messages to the link while the in-flight window and the writer allow.
