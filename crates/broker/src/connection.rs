@@ -33,7 +33,8 @@ use crate::{ConnectionInfo, ConnectionPolicy, metrics, reserved};
 const WRITE_BATCH: usize = 256 * 1024;
 
 /// An acknowledgement waiting, in order, for what it acknowledges to be durable: a PUBACK or
-/// PUBREC for its message, a SUBACK or UNSUBACK for the session's subscriptions.
+/// PUBREC for its message, a SUBACK or UNSUBACK for the session's subscriptions, a PUBREL or
+/// PUBCOMP for the stage of a persistent session's QoS 2 exchange.
 pub(crate) struct PendingAck {
     packet: Packet,
     wait: Option<oneshot::Receiver<bool>>,
@@ -41,8 +42,11 @@ pub(crate) struct PendingAck {
 }
 
 impl PendingAck {
+    /// An answer to one of the client's PUBLISHes (PUBACK, PUBREC, PUBCOMP): until it is
+    /// sent, that PUBLISH counts against the client's Receive Maximum. A PUBREL belongs to a
+    /// message thingd sent.
     fn of_publish(&self) -> bool {
-        matches!(self.packet, Packet::PubResp(_))
+        matches!(&self.packet, Packet::PubResp(r) if r.kind != PubRespKind::PubRel)
     }
 }
 
@@ -443,8 +447,11 @@ impl Conn {
         let failure = ReasonCode::UnspecifiedError;
         let cannot_say = End::Violation(failure, "store write failed");
         Ok(match packet {
-            // PUBREL has no failure code; only its release surviving a restart is not promised.
-            Packet::PubResp(r) if r.kind == PubRespKind::PubRel => Packet::PubResp(r),
+            // PUBREL and PUBCOMP have no failure code: the exchange goes on, only its stage
+            // surviving a restart is not promised.
+            Packet::PubResp(r) if matches!(r.kind, PubRespKind::PubRel | PubRespKind::PubComp) => {
+                Packet::PubResp(r)
+            }
             Packet::PubResp(mut r) => {
                 if !self.v5() {
                     return Err(cannot_say);
