@@ -1952,3 +1952,27 @@ async fn qos2_from_a_persistent_session_keeps_its_ids_across_a_crash() {
     assert_eq!(payloads, [&b"once"[..], &b"twice"[..]]);
     reader.expect_nothing().await;
 }
+
+/// A Will its connection's policy does not let it publish is not stored with the session, so
+/// a restart (where that policy is no longer at hand) cannot publish it either.
+#[tokio::test]
+async fn a_will_the_policy_refuses_is_not_published_after_a_crash() {
+    let h = auth_harness();
+    let (mut watcher, _) = h.persistent(V5, "watcher").await;
+    watcher.subscribe("deny/#", QoS::AtLeastOnce).await;
+    drop(watcher);
+    let mut device = h.stream(None);
+    let mut p = connect_packet(V5, "device", false);
+    p.properties.session_expiry_interval = Some(600);
+    p.will = Some(will("deny/device", b"offline", QoS::AtLeastOnce, false));
+    assert_eq!(device.connect(p).await.reason, ReasonCode::Success);
+    let broker = broker_after_crash(&h);
+    let mut watcher = serve_pipe(&broker, 1 << 16, None);
+    assert!(
+        watcher
+            .connect(resume_packet(V5, "watcher"))
+            .await
+            .session_present
+    );
+    watcher.expect_nothing().await;
+}
