@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use smallvec::SmallVec;
 use thingd_mqtt::{ByteStr, QoS, SubscriptionOptions};
 use thingd_topic::SubscriptionIndex;
 
@@ -93,8 +94,9 @@ pub(crate) struct Routes {
     generation: u64,
     topic: ByteStr,
     origin: Option<Arc<str>>,
-    /// One entry per session.
-    pub(crate) direct: Vec<Target>,
+    /// One entry per session. Most topics have one receiver (a device's telemetry, a
+    /// command to one device): it is kept inline, without an allocation.
+    pub(crate) direct: SmallVec<[Target; 1]>,
     /// Each share group (with its filter) that matched, with its members.
     pub(crate) groups: Vec<Vec<Member>>,
 }
@@ -106,7 +108,7 @@ impl Routes {
         // Every matching subscription, then merged per session: a session with several
         // matching filters gets one copy (MQTT 5, 3.3.4). Sorting by session beat a hash
         // map keyed by session in the fan-out profile (one hash and insert per receiver).
-        let mut direct: Vec<(usize, Target)> = Vec::new();
+        let mut direct: SmallVec<[Target; 1]> = SmallVec::new();
         let mut groups: HashMap<(Arc<str>, String), Vec<Member>> = HashMap::new();
         subs.read()
             .for_each_match(topic, |filter, key, val| match &key.group {
@@ -114,24 +116,21 @@ impl Routes {
                     if val.opts.no_local && origin.is_some_and(|o| **o == *key.client) {
                         return;
                     }
-                    direct.push((
-                        Arc::as_ptr(&val.cell) as usize,
-                        Target {
-                            cell: val.cell.clone(),
-                            qos: val.opts.qos,
-                            rap: val.opts.retain_as_published,
-                            ids: val.id.into_iter().collect(),
-                        },
-                    ));
+                    direct.push(Target {
+                        cell: val.cell.clone(),
+                        qos: val.opts.qos,
+                        rap: val.opts.retain_as_published,
+                        ids: val.id.into_iter().collect(),
+                    });
                 }
                 Some(g) => groups
                     .entry((g.clone(), filter.to_owned()))
                     .or_default()
                     .push((val.cell.clone(), val.opts, val.id)),
             });
-        direct.sort_unstable_by_key(|(session, _)| *session);
-        direct.dedup_by(|(session, t), (kept_session, kept)| {
-            let same = session == kept_session;
+        direct.sort_unstable_by_key(|t| Arc::as_ptr(&t.cell) as usize);
+        direct.dedup_by(|t, kept| {
+            let same = Arc::ptr_eq(&t.cell, &kept.cell);
             if same {
                 kept.qos = kept.qos.max(t.qos);
                 kept.rap |= t.rap;
@@ -143,7 +142,7 @@ impl Routes {
             generation,
             topic: topic.clone(),
             origin: origin.cloned(),
-            direct: direct.into_iter().map(|(_, t)| t).collect(),
+            direct,
             groups: groups.into_values().collect(),
         }
     }
