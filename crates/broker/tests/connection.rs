@@ -1745,10 +1745,14 @@ async fn has_subscribers_follows_the_subscriptions() {
 
 /// Resumes the persistent v5 session `id` on a broker started as after kill -9.
 async fn resume_after_crash(h: &Harness, id: &str) -> Client {
-    let broker = broker_after_crash(h);
-    let mut client = serve_pipe(&broker, 1 << 16, None);
+    resume_on(&broker_after_crash(h), id).await
+}
+
+/// Resumes the persistent v5 session `id` on `broker`, which must still have it.
+async fn resume_on(broker: &thingd_broker::Broker, id: &str) -> Client {
+    let mut client = serve_pipe(broker, 1 << 16, None);
     let ack = client.connect(resume_packet(V5, id)).await;
-    assert!(ack.session_present);
+    assert!(ack.session_present, "{id}");
     client
 }
 
@@ -1853,9 +1857,7 @@ async fn a_pending_delayed_will_outlives_a_restart() {
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let broker = broker_after_crash(&h);
-    let mut watcher = serve_pipe(&broker, 1 << 16, None);
-    let ack = watcher.connect(resume_packet(V5, "watcher")).await;
-    assert!(ack.session_present);
+    let mut watcher = resume_on(&broker, "watcher").await;
     skip(Duration::from_secs(31)).await;
     watcher.expect_nothing().await;
 }
@@ -1869,9 +1871,7 @@ async fn the_will_of_a_connection_cut_off_by_a_crash_is_published() {
     // Held open (the first broker never sees it close) until the end.
     let _device = connect_with_will(&h, "device", 0).await;
     let broker = broker_after_crash(&h);
-    let mut watcher = serve_pipe(&broker, 1 << 16, None);
-    let ack = watcher.connect(resume_packet(V5, "watcher")).await;
-    assert!(ack.session_present);
+    let mut watcher = resume_on(&broker, "watcher").await;
     let got = watcher.receive().await;
     assert_eq!(
         (got.topic.as_str(), &got.payload[..]),
@@ -1900,13 +1900,7 @@ async fn qos2_from_a_persistent_session_keeps_its_ids_across_a_crash() {
 
     // Crash before PUBREL: the retransmission is recognised.
     let broker = broker_after_crash(&h);
-    let mut publisher = serve_pipe(&broker, 1 << 16, None);
-    assert!(
-        publisher
-            .connect(resume_packet(V5, "q2-writer"))
-            .await
-            .session_present
-    );
+    let mut publisher = resume_on(&broker, "q2-writer").await;
     let mut again = publish("in/q2", b"once", QoS::ExactlyOnce, false, Some(7));
     if let Packet::Publish(p) = &mut again {
         p.dup = true;
@@ -1924,13 +1918,7 @@ async fn qos2_from_a_persistent_session_keeps_its_ids_across_a_crash() {
 
     // Crash after PUBCOMP: 7 is free again, and a new message with it is delivered.
     let broker = broker_after_crash(&h);
-    let mut publisher = serve_pipe(&broker, 1 << 16, None);
-    assert!(
-        publisher
-            .connect(resume_packet(V5, "q2-writer"))
-            .await
-            .session_present
-    );
+    let mut publisher = resume_on(&broker, "q2-writer").await;
     publisher
         .send(publish("in/q2", b"twice", QoS::ExactlyOnce, false, Some(7)))
         .await;
@@ -1938,13 +1926,7 @@ async fn qos2_from_a_persistent_session_keeps_its_ids_across_a_crash() {
         publisher.expect_resp(PubRespKind::PubRec).await.packet_id,
         7
     );
-    let mut reader = serve_pipe(&broker, 1 << 16, None);
-    assert!(
-        reader
-            .connect(resume_packet(V5, "q2-reader"))
-            .await
-            .session_present
-    );
+    let mut reader = resume_on(&broker, "q2-reader").await;
     let payloads = [
         reader.expect_publish().await.payload,
         reader.expect_publish().await.payload,
@@ -1967,12 +1949,6 @@ async fn a_will_the_policy_refuses_is_not_published_after_a_crash() {
     p.will = Some(will("deny/device", b"offline", QoS::AtLeastOnce, false));
     assert_eq!(device.connect(p).await.reason, ReasonCode::Success);
     let broker = broker_after_crash(&h);
-    let mut watcher = serve_pipe(&broker, 1 << 16, None);
-    assert!(
-        watcher
-            .connect(resume_packet(V5, "watcher"))
-            .await
-            .session_present
-    );
+    let mut watcher = resume_on(&broker, "watcher").await;
     watcher.expect_nothing().await;
 }
