@@ -577,9 +577,10 @@ impl Session {
     }
 }
 
-/// The packet id of the message stored at `seq` in its session's queue (1..=65535).
+/// The packet id of the message stored at `seq` in its session's queue (1..=65535; a
+/// session's first message, `seq` 1, gets 1, as in a clean session).
 pub(crate) fn stored_pid(seq: u64) -> u16 {
-    (seq % u64::from(u16::MAX)) as u16 + 1
+    (seq.wrapping_sub(1) % u64::from(u16::MAX)) as u16 + 1
 }
 
 /// A PUBREL for `pid`.
@@ -773,14 +774,16 @@ mod tests {
         assert_eq!(send_stored(&mut s, Some(round)), None);
         s.inflight.pop_front();
         assert_eq!(send_stored(&mut s, Some(round)), Some(stored_pid(1)));
-        assert!((1..=u64::from(u16::MAX)).all(|seq| stored_pid(seq) != 0));
+        assert_eq!(stored_pid(1), 1);
+        assert_eq!(stored_pid(u64::from(u16::MAX)), u16::MAX);
+        assert!((0..=3 * u64::from(u16::MAX)).all(|seq| stored_pid(seq) != 0));
     }
 
     #[test]
     fn ids_in_turn_skip_stored_ids_still_in_flight() {
         // A persistent session resumed as a clean one keeps its stored messages in flight.
         let mut s = Session::new(Arc::from("c"), ProtocolVersion::V5, 0);
-        let stored = send_stored(&mut s, Some(1)).expect("free");
+        let stored = send_stored(&mut s, Some(2)).expect("free");
         assert_eq!(stored, 2);
         assert_eq!(send_one(&mut s), 1);
         assert_eq!(send_one(&mut s), 3);
