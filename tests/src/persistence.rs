@@ -467,3 +467,65 @@ fn the_will_of_a_device_connected_at_kill9_is_published_after_restart() {
         anyhow::Ok(())
     });
 }
+
+/// QoS 2 from a device with a persistent session across kill -9: a message thingd answered
+/// with PUBREC and the device sends again after the restart is not delivered twice, and once
+/// the exchange is complete the device's next message with the same packet id is delivered,
+/// not taken for a retransmission.
+#[test]
+fn qos2_from_a_device_is_delivered_once_across_kill9() {
+    use crate::raw_protocol::{
+        Connect, PUBACK, PUBREL, RawClient, ack, kind, prop, publish, with_dup,
+    };
+
+    let mut env = env();
+    let persistent = |id: &str| Connect {
+        clean: false,
+        props: prop::u32(0x11, 600),
+        ..Connect::v5(id)
+    };
+    let (reader, writer) = (persistent("q2-reader"), persistent("q2-writer"));
+    let first = publish(true, "e2e/q2in/t", 2, false, 7, &[], b"once");
+    step(async {
+        let (mut r, _) = RawClient::connect_at(env.server.mqtts, &env.device, &reader).await?;
+        assert_eq!(
+            r.subscribe(true, 1, &[], &[("e2e/q2in/#", 1)]).await?,
+            vec![1]
+        );
+        drop(r);
+        let (mut w, _) = RawClient::connect_at(env.server.mqtts, &env.device, &writer).await?;
+        w.send(&first).await?;
+        assert_eq!(w.expect(kind::PUBREC).await?.ack(kind::PUBREC)?, (7, 0));
+        anyhow::Ok(())
+    });
+
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+    step(async {
+        let mut w = resume_raw(env.server.mqtts, &env.device, &writer).await?;
+        w.send(&with_dup(first.clone())).await?;
+        assert_eq!(w.expect(kind::PUBREC).await?.ack(kind::PUBREC)?, (7, 0));
+        w.send(&ack(PUBREL, 7)).await?;
+        assert_eq!(w.expect(kind::PUBCOMP).await?.ack(kind::PUBCOMP)?, (7, 0));
+        anyhow::Ok(())
+    });
+
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+    step(async {
+        let mut w = resume_raw(env.server.mqtts, &env.device, &writer).await?;
+        w.publish_qos2("e2e/q2in/t", 7, b"twice").await?;
+        let mut r = resume_raw(env.server.mqtts, &env.device, &reader).await?;
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let p = r.expect_publish(true).await?;
+            r.send(&ack(PUBACK, p.pkid)).await?;
+            got.push(p.payload);
+        }
+        assert_eq!(got, [&b"once"[..], &b"twice"[..]]);
+        r.expect_silence().await?;
+        anyhow::Ok(())
+    });
+}
