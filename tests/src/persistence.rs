@@ -45,6 +45,13 @@ fn env() -> Env {
 }
 
 impl Env {
+    /// kill -9, then thingd again on the same data directory and ports.
+    fn crash_and_restart(&mut self) {
+        self.server
+            .restart()
+            .expect("thingd starts again after kill -9");
+    }
+
     fn paho(&self, scenario: &str, args: &[&str]) -> Value {
         run_paho(scenario, &self.device, self.server.mqtts.port(), args, RUN)
             .unwrap_or_else(|error| panic!("{error:#}"))
@@ -211,10 +218,7 @@ fn queued_messages_survive_kill9(version: &str) {
     env.persistent_subscriber(version, &client_id, topic);
     env.publish(topic, 50, "acked-");
 
-    env.server.kill9();
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
 
     assert_eq!(
         env.resume(version, &client_id, 50),
@@ -240,10 +244,7 @@ fn v5_queued_qos2_messages_survive_kill9() {
     env.persistent_subscriber_qos("5", "offline-qos2", topic, 2);
     env.publish_qos(topic, 20, "exactly-once-", 2);
 
-    env.server.kill9();
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
 
     assert_eq!(
         env.resume_qos("5", "offline-qos2", 20, 2),
@@ -272,10 +273,7 @@ fn retained_messages_survive_kill9() {
         ],
     );
 
-    env.server.kill9();
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
 
     assert_eq!(
         env.retained("e2e/durable/retained/kept"),
@@ -315,16 +313,22 @@ fn delivered_but_unacknowledged_messages_survive_kill9() {
         "{taken:#}"
     );
 
-    env.server.kill9();
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
 
     assert_eq!(
         env.resume("5", "slow-acker", 3),
         numbered("inflight-", 3),
         "QoS 1 messages never acknowledged by the subscriber are delivered again after kill -9"
     );
+}
+
+/// CONNECT of a persistent MQTT 5 session (ten minutes' expiry) for the raw client.
+fn persistent_raw(id: &str) -> crate::raw_protocol::Connect {
+    crate::raw_protocol::Connect {
+        clean: false,
+        props: crate::raw_protocol::prop::u32(0x11, 600),
+        ..crate::raw_protocol::Connect::v5(id)
+    }
 }
 
 /// Resumes a persistent session with a raw client; fails if the session is gone.
@@ -346,15 +350,11 @@ async fn resume_raw(
 /// message on and forgotten the id, and a second PUBLISH would reach it twice.
 #[test]
 fn qos2_resumes_at_its_stage_after_kill9() {
-    use crate::raw_protocol::{Connect, PUBCOMP, PUBREC, RawClient, ack, kind, prop};
+    use crate::raw_protocol::{Connect, PUBCOMP, PUBREC, RawClient, ack, kind};
 
     let mut env = env();
     let id = "q2-durable";
-    let session = Connect {
-        clean: false,
-        props: prop::u32(0x11, 600),
-        ..Connect::v5(id)
-    };
+    let session = persistent_raw(id);
     let open_id = step(async {
         let (mut sub, _) = RawClient::connect_at(env.server.mqtts, &env.device, &session).await?;
         assert_eq!(
@@ -381,9 +381,7 @@ fn qos2_resumes_at_its_stage_after_kill9() {
         unreachable!("the loop returns at the open message")
     });
 
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
     step(async {
         let mut sub = resume_raw(env.server.mqtts, &env.device, &session).await?;
         let again = sub.expect_publish(true).await?;
@@ -401,9 +399,7 @@ fn qos2_resumes_at_its_stage_after_kill9() {
         anyhow::Ok(())
     });
 
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
     step(async {
         let mut sub = resume_raw(env.server.mqtts, &env.device, &session).await?;
         assert_eq!(
@@ -422,15 +418,10 @@ fn qos2_resumes_at_its_stage_after_kill9() {
 /// connection was lost without DISCONNECT), and reaches a persistent subscriber once.
 #[test]
 fn the_will_of_a_device_connected_at_kill9_is_published_after_restart() {
-    use crate::raw_protocol::{Connect, PUBACK, RawClient, Will, ack, prop};
+    use crate::raw_protocol::{Connect, PUBACK, RawClient, Will, ack};
 
     let mut env = env();
-    let persistent = |id: &str| Connect {
-        clean: false,
-        props: prop::u32(0x11, 600),
-        ..Connect::v5(id)
-    };
-    let watcher = persistent("will-watcher");
+    let watcher = persistent_raw("will-watcher");
     let _device = step(async {
         let (mut w, _) = RawClient::connect_at(env.server.mqtts, &env.device, &watcher).await?;
         assert_eq!(
@@ -446,15 +437,13 @@ fn the_will_of_a_device_connected_at_kill9_is_published_after_restart() {
                 retain: false,
                 props: Vec::new(),
             }),
-            ..persistent("sensor-7")
+            ..persistent_raw("sensor-7")
         };
         let (device, _) = RawClient::connect_at(env.server.mqtts, &env.device, &device).await?;
         anyhow::Ok(device)
     });
 
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
     step(async {
         let mut w = resume_raw(env.server.mqtts, &env.device, &watcher).await?;
         let got = w.expect_publish(true).await?;
@@ -474,17 +463,10 @@ fn the_will_of_a_device_connected_at_kill9_is_published_after_restart() {
 /// not taken for a retransmission.
 #[test]
 fn qos2_from_a_device_is_delivered_once_across_kill9() {
-    use crate::raw_protocol::{
-        Connect, PUBACK, PUBREL, RawClient, ack, kind, prop, publish, with_dup,
-    };
+    use crate::raw_protocol::{PUBACK, PUBREL, RawClient, ack, kind, publish, with_dup};
 
     let mut env = env();
-    let persistent = |id: &str| Connect {
-        clean: false,
-        props: prop::u32(0x11, 600),
-        ..Connect::v5(id)
-    };
-    let (reader, writer) = (persistent("q2-reader"), persistent("q2-writer"));
+    let (reader, writer) = (persistent_raw("q2-reader"), persistent_raw("q2-writer"));
     let first = publish(true, "e2e/q2in/t", 2, false, 7, &[], b"once");
     step(async {
         let (mut r, _) = RawClient::connect_at(env.server.mqtts, &env.device, &reader).await?;
@@ -499,9 +481,7 @@ fn qos2_from_a_device_is_delivered_once_across_kill9() {
         anyhow::Ok(())
     });
 
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
     step(async {
         let mut w = resume_raw(env.server.mqtts, &env.device, &writer).await?;
         w.send(&with_dup(first.clone())).await?;
@@ -511,9 +491,7 @@ fn qos2_from_a_device_is_delivered_once_across_kill9() {
         anyhow::Ok(())
     });
 
-    env.server
-        .restart()
-        .expect("thingd starts again after kill -9");
+    env.crash_and_restart();
     step(async {
         let mut w = resume_raw(env.server.mqtts, &env.device, &writer).await?;
         w.publish_qos2("e2e/q2in/t", 7, b"twice").await?;
