@@ -511,13 +511,7 @@ impl Shared {
             if w.delay == 0 {
                 wills.push(*w);
             } else {
-                let gen_id = self.will_gen.fetch_add(1, Ordering::Relaxed);
-                let after = w.delay.min(s.expiry);
-                s.pending_will = Some(PendingWill {
-                    gen_id,
-                    due_ms: now + u64::from(after) * 1000,
-                    will: w,
-                });
+                let (gen_id, after) = self.hold_will(&mut s, w, now);
                 crate::will::schedule(self, s.client_id.clone(), cell.clone(), gen_id, after);
             }
         }
@@ -532,15 +526,28 @@ impl Shared {
         wills
     }
 
+    /// Holds `will`, whose connection closed at `closed_ms`, on `s` until its delay (at most
+    /// the session's expiry) ends; returns its generation and that delay in seconds.
+    fn hold_will(&self, s: &mut Session, will: Box<Will>, closed_ms: u64) -> (u64, u32) {
+        let gen_id = self.will_gen.fetch_add(1, Ordering::Relaxed);
+        let after = will.delay.min(s.expiry);
+        s.pending_will = Some(PendingWill {
+            gen_id,
+            due_ms: closed_ms + u64::from(after) * 1000,
+            will,
+        });
+        (gen_id, after)
+    }
+
     /// Takes the pending will of an offline session whose delay has ended (`gen_id`: only
     /// that one, if given), and stores the session without it so that a restart does not
     /// publish it again.
     pub(crate) fn take_due_will(&self, s: &mut Session, gen_id: Option<u64>) -> Option<Will> {
-        let due = s
+        let ours = s
             .pending_will
             .as_ref()
             .is_some_and(|p| gen_id.is_none_or(|g| g == p.gen_id));
-        if !due {
+        if !ours {
             return None;
         }
         let pending = s.pending_will.take()?;
@@ -690,11 +697,8 @@ impl Shared {
                 }
             }
             if let Some(will) = will {
-                s.pending_will = Some(PendingWill {
-                    gen_id: self.will_gen.fetch_add(1, Ordering::Relaxed),
-                    due_ms: at + u64::from(will.delay.min(s.expiry)) * 1000,
-                    will,
-                });
+                // Published by the expiry sweep when it falls due.
+                self.hold_will(&mut s, will, at);
             }
             if rec.disconnected_at.is_none() {
                 detached.push(WriteOp::PutSession(session_record(
