@@ -176,17 +176,28 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
                 per_pub: 10,
                 shared: true,
             },
+            Pairs {
+                pairs: 20,
+                per_pub: 20,
+            },
+            HalfMaxRate {
+                pairs: 20,
+                secs: 1,
+                cap: 50,
+            },
             FixedRate {
                 pairs: 20,
                 rate: 10,
                 secs: 1,
                 held: 0,
+                half_of: None,
             },
             FixedRate {
                 pairs: 10,
                 rate: 10,
                 secs: 1,
                 held: 40,
+                half_of: None,
             },
             Idle { conns: 50 },
             Storm {
@@ -234,11 +245,24 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
             per_pub: 200,
             shared: true,
         },
+        Pairs {
+            pairs: 1000,
+            per_pub: 200,
+        },
+        // The issue's "p99 at a fixed rate of half Mosquitto's maximum": the rate is half of
+        // what Mosquitto delivered in the run above, on the same transport.
+        HalfMaxRate {
+            pairs: 1000,
+            secs: 10,
+            cap: u64::MAX,
+        },
+        // A low rate, where most deployments live: CPU per message when nothing batches.
         FixedRate {
             pairs: 1000,
             rate: 5,
             secs: 10,
             held: 0,
+            half_of: None,
         },
         // 20,000 msg/s: the issue's "p99 under 2 ms for QoS 1 at 20k msg/s".
         FixedRate {
@@ -246,6 +270,7 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
             rate: 20,
             secs: 10,
             held: 0,
+            half_of: None,
         },
         // The issue's "100,000 connections held, p99 under 10 ms at 10k msg/s", with as many
         // of the 100,000 as the open-file limit allows.
@@ -254,6 +279,7 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
             rate: 10,
             secs: 10,
             held: fleet(max_idle),
+            half_of: None,
         },
         Idle { conns: 10_000 },
     ];
@@ -266,6 +292,51 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
         secs: 10,
     });
     list
+}
+
+/// Puts back, before a `HalfMaxRate` kept by `--only`, the `Pairs` run its rate comes from.
+fn keep_references(list: &mut Vec<Scenario>, all: &[Scenario]) {
+    let has_pairs = list.iter().any(|s| matches!(s, Scenario::Pairs { .. }));
+    let half = list
+        .iter()
+        .position(|s| matches!(s, Scenario::HalfMaxRate { .. }));
+    if let (false, Some(at)) = (has_pairs, half)
+        && let Some(pairs) = all.iter().find(|s| matches!(s, Scenario::Pairs { .. }))
+    {
+        list.insert(at, pairs.clone());
+    }
+}
+
+/// The scenario to run: a `HalfMaxRate` becomes the `FixedRate` at half the reference's
+/// maximum on `transport` (rounded down to a whole rate per pair, at least 1, at most the
+/// scenario's cap), or an error when that maximum was not measured; any other scenario is
+/// itself.
+fn resolve(
+    scenario: &Scenario,
+    transport: Transport,
+    reference: Option<Kind>,
+    maxima: &[(Transport, f64)],
+) -> Result<Scenario, String> {
+    let Scenario::HalfMaxRate { pairs, secs, cap } = *scenario else {
+        return Ok(scenario.clone());
+    };
+    let (Some(reference), Some(&(_, max))) =
+        (reference, maxima.iter().find(|(t, _)| *t == transport))
+    else {
+        return Err(format!(
+            "not run: the reference broker's {pairs}:{pairs} maximum over {transport} was \
+             not measured"
+        ));
+    };
+    let per_pair = (max / 2.0 / pairs as f64).floor().max(1.0) as u64;
+    Ok(Scenario::FixedRate {
+        pairs,
+        rate: per_pair.min(cap),
+        secs,
+        held: 0,
+        // A capped rate (smoke runs) is not half of anything.
+        half_of: (per_pair <= cap).then_some(reference),
+    })
 }
 
 /// The fleet the held-connections scenario keeps open: 100,000, or less when a process may
@@ -338,7 +409,13 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let max_idle = usize::try_from(nofile.saturating_sub(1000)).unwrap_or(usize::MAX);
     let mut list = scenarios(args.smoke, max_idle);
     if let Some(only) = &args.only {
-        list.retain(|s| s.name().contains(only.as_str()));
+        let all = std::mem::take(&mut list);
+        list = all
+            .iter()
+            .filter(|s| s.name().contains(only.as_str()))
+            .cloned()
+            .collect();
+        keep_references(&mut list, &all);
     }
     // A scenario needing more connections than the open-file limit allows is not run, and
     // says so (stderr and the report).
@@ -426,9 +503,31 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             return Ok(false);
         }
     }
+    // The reference for the half-maximum rate runs first: Mosquitto, or else the first
+    // broker of the run (the row's name says which).
+    if let Some(i) = found.iter().position(|(k, _)| *k == Kind::Mosquitto) {
+        found[..=i].rotate_right(1);
+    }
+    let reference = found.first().map(|(k, _)| *k);
+    // The reference's `Pairs` maximum per transport, msg/s.
+    let mut maxima: Vec<(Transport, f64)> = Vec::new();
     for (kind, installed) in found {
         for scenario in &list {
             for &transport in &transports {
+                let scenario = match resolve(scenario, transport, reference, &maxima) {
+                    Ok(s) => s,
+                    Err(reason) => {
+                        eprintln!("{kind} {transport} {}: {reason}", scenario.name());
+                        report.rows.push(Row {
+                            scenario: scenario.clone(),
+                            transport,
+                            broker: kind,
+                            result: Err(reason),
+                        });
+                        continue;
+                    }
+                };
+                let scenario = &scenario;
                 run_id += 1;
                 // A fresh broker for every run, so that memory and state left by one run
                 // (allocator caches, queues) do not count in the next.
@@ -480,6 +579,11 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                         m.expected
                     ),
                     Err(e) => eprintln!("FAILED: {e}"),
+                }
+                if let (Ok(m), Scenario::Pairs { .. }) = (&result, scenario)
+                    && Some(kind) == reference
+                {
+                    maxima.push((transport, m.rate()));
                 }
                 report.rows.push(Row {
                     scenario: scenario.clone(),
@@ -567,7 +671,12 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
              `RUST_LOG=error`, Mosquitto `log_dest none`, rumqttd's default `warn`).\n\n\
              Flow control: a QoS 1 publisher keeps at most 64 PUBLISHes unacknowledged, and \
              all publishers of a 1→1 or fan-in run stay within 500 messages of the \
-             subscriber, so every QoS 1 message must arrive. The per-client queue limit is \
+             subscriber, so every QoS 1 message must arrive (in the 1,000:1,000 run each \
+             subscriber has one publisher and needs no such bound). The rate of the row \
+             marked \"half mosquitto's max\" is half of what Mosquitto delivered in the \
+             1,000:1,000 run just before on the same transport, rounded down to a whole \
+             number of messages per second per pair (without Mosquitto in the run, the first \
+             broker run is the reference and the row names it). The per-client queue limit is \
              100,000 on thingd, 10,000,000 on Mosquitto (rumqttd has none; its commit log \
              holds 10 × 100 MiB). Mosquitto 2.0.11 counts every message it ever queued for \
              an online client against its limit, not the ones still waiting: with a limit \
@@ -598,4 +707,80 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         eprintln!("some runs failed or a required broker is missing");
     }
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn half_max() -> Scenario {
+        Scenario::HalfMaxRate {
+            pairs: 1000,
+            secs: 10,
+            cap: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn the_half_maximum_rate_is_half_the_references_rate_on_the_same_transport() {
+        let maxima = [(Transport::Tcp, 31_467.0), (Transport::Mtls, 22_115.0)];
+        let tcp = resolve(&half_max(), Transport::Tcp, Some(Kind::Mosquitto), &maxima);
+        let mtls = resolve(&half_max(), Transport::Mtls, Some(Kind::Mosquitto), &maxima);
+        // 31,467 / 2 = 15,733 msg/s: 15 per pair of 1,000, 15,000 in all.
+        assert_eq!(
+            tcp.map(|s| s.name()).as_deref(),
+            Ok("1000:1000 at 15000 msg/s (half mosquitto's max) QoS 1 16 B")
+        );
+        assert_eq!(
+            mtls.map(|s| s.name()).as_deref(),
+            Ok("1000:1000 at 11000 msg/s (half mosquitto's max) QoS 1 16 B")
+        );
+    }
+
+    #[test]
+    fn without_the_references_maximum_the_half_maximum_run_is_an_error_row() {
+        let maxima = [(Transport::Tcp, 31_467.0)];
+        let err = resolve(&half_max(), Transport::Mtls, Some(Kind::Mosquitto), &maxima)
+            .expect_err("no mTLS maximum");
+        assert!(err.contains("not measured"), "{err}");
+        assert!(resolve(&half_max(), Transport::Tcp, None, &maxima).is_err());
+    }
+
+    #[test]
+    fn a_capped_rate_does_not_claim_to_be_half_the_maximum() {
+        let capped = Scenario::HalfMaxRate {
+            pairs: 20,
+            secs: 1,
+            cap: 50,
+        };
+        let s = resolve(
+            &capped,
+            Transport::Tcp,
+            Some(Kind::Thingd),
+            &[(Transport::Tcp, 9e5)],
+        );
+        assert_eq!(
+            s.map(|s| s.name()).as_deref(),
+            Ok("20:20 at 1000 msg/s QoS 1 16 B")
+        );
+    }
+
+    #[test]
+    fn only_keeps_the_run_the_half_maximum_rate_comes_from() {
+        let all = scenarios(false, 20_000);
+        let mut list: Vec<Scenario> = all
+            .iter()
+            .filter(|s| s.name().contains("half"))
+            .cloned()
+            .collect();
+        keep_references(&mut list, &all);
+        let names: Vec<String> = list.iter().map(Scenario::name).collect();
+        assert_eq!(
+            names,
+            [
+                "1000:1000 QoS 1 16 B",
+                "1000:1000 at half the reference's max QoS 1 16 B"
+            ]
+        );
+    }
 }

@@ -12,7 +12,7 @@ use thingd_mqtt::{ByteStr, Packet, PubRespKind, QoS};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::brokers::{cpu_secs, rss_kib};
+use crate::brokers::{Kind, cpu_secs, rss_kib};
 use crate::client::{Conn, Endpoint, now_nanos, payload, sent_at};
 
 /// Unacknowledged QoS 1 PUBLISHes a publisher keeps in flight (below every broker's
@@ -40,15 +40,25 @@ pub(crate) enum Scenario {
         per_pub: u64,
         shared: bool,
     },
+    /// `pairs` publisher→subscriber pairs on their own topics, `per_pub` messages each, as
+    /// fast as the flow control allows (QoS 1): the most point-to-point traffic a broker
+    /// carries, and the reference for `HalfMaxRate`.
+    Pairs { pairs: usize, per_pub: u64 },
     /// `pairs` publisher→subscriber pairs on their own topics, `rate` messages per second
     /// each for `secs` seconds (QoS 1): latency under a steady load, with `held` more
-    /// connections open and idle all along (a broker holding a large fleet).
+    /// connections open and idle all along (a broker holding a large fleet). `half_of` names
+    /// the broker whose `Pairs` maximum, halved, gave the rate.
     FixedRate {
         pairs: usize,
         rate: u64,
         secs: u64,
         held: usize,
+        half_of: Option<Kind>,
     },
+    /// A `FixedRate` run at half the reference broker's `Pairs` maximum on the same
+    /// transport (the "half Mosquitto's maximum"), at most `cap` messages per second
+    /// per pair. The tool measures the reference first and runs the resolved `FixedRate`.
+    HalfMaxRate { pairs: usize, secs: u64, cap: u64 },
     /// `conns` connections opened and held idle: broker memory per connection.
     Idle { conns: usize },
     /// Connect (TCP, TLS handshake, CONNECT/CONNACK) and disconnect, `parallel` at a time,
@@ -79,15 +89,27 @@ impl Scenario {
                     format!("fan-in {pubs}→1 QoS 1 16 B")
                 }
             }
+            Scenario::Pairs { pairs, .. } => format!("{pairs}:{pairs} QoS 1 16 B"),
             Scenario::FixedRate {
-                pairs, rate, held, ..
+                pairs,
+                rate,
+                held,
+                half_of,
+                ..
             } => {
                 let total = *pairs as u64 * rate;
+                let half = match half_of {
+                    Some(reference) => format!(" (half {reference}'s max)"),
+                    None => String::new(),
+                };
                 if *held > 0 {
-                    format!("{pairs}:{pairs} at {total} msg/s QoS 1 16 B + {held} idle")
+                    format!("{pairs}:{pairs} at {total} msg/s{half} QoS 1 16 B + {held} idle")
                 } else {
-                    format!("{pairs}:{pairs} at {total} msg/s QoS 1 16 B")
+                    format!("{pairs}:{pairs} at {total} msg/s{half} QoS 1 16 B")
                 }
+            }
+            Scenario::HalfMaxRate { pairs, .. } => {
+                format!("{pairs}:{pairs} at half the reference's max QoS 1 16 B")
             }
             Scenario::Idle { conns } => format!("{conns} idle connections"),
             Scenario::Storm { parallel, .. } => format!("connect storm ({parallel} parallel)"),
@@ -104,6 +126,7 @@ impl Scenario {
             Scenario::OneToOne { .. } => 2,
             Scenario::FanOut { subs, .. } => subs + 1,
             Scenario::FanIn { pubs, .. } => pubs + 1,
+            Scenario::Pairs { pairs, .. } | Scenario::HalfMaxRate { pairs, .. } => 2 * pairs,
             Scenario::FixedRate { pairs, held, .. } => 2 * pairs + held,
             Scenario::Idle { conns } => *conns,
             Scenario::Storm { parallel, .. } => *parallel,
@@ -232,12 +255,30 @@ pub(crate) async fn run(
                 )
                 .await
             }
+            Scenario::Pairs { pairs, per_pub } => {
+                messages(
+                    ep,
+                    target,
+                    tag,
+                    *pairs,
+                    *pairs,
+                    *per_pub,
+                    QoS::AtLeastOnce,
+                    16,
+                    Shape::Pairs,
+                )
+                .await
+            }
             Scenario::FixedRate {
                 pairs,
                 rate,
                 secs,
                 held,
+                ..
             } => fixed_rate(ep, target, tag, *pairs, *rate, *secs, *held).await,
+            Scenario::HalfMaxRate { .. } => {
+                bail!("the rate of this scenario comes from the reference broker's maximum")
+            }
             Scenario::Idle { conns } => idle(ep, target, tag, *conns).await,
             Scenario::Storm {
                 parallel,
@@ -297,6 +338,8 @@ enum Shape {
     Wildcard,
     /// As `Wildcard`, through `$share/bench/.../+`.
     SharedWildcard,
+    /// Publisher `i` publishes to `.../i`, which only subscriber `i` subscribes to.
+    Pairs,
 }
 
 /// What every subscriber shares: delivered count and the end-to-end credit.
@@ -319,14 +362,16 @@ async fn messages(
     shape: Shape,
 ) -> anyhow::Result<Measured> {
     let base = format!("bench/{tag}");
-    let filter = match shape {
+    // What subscriber `i` subscribes to.
+    let filter = |i: usize| match shape {
         Shape::Direct => base.clone(),
         Shape::Wildcard => format!("{base}/+"),
         Shape::SharedWildcard => format!("$share/bench/{base}/+"),
+        Shape::Pairs => format!("{base}/{i}"),
     };
     let mut sub_conns = open_many(ep, &format!("{tag}-s"), subs).await?;
-    for c in &mut sub_conns {
-        c.subscribe(&filter, qos).await?;
+    for (i, c) in sub_conns.iter_mut().enumerate() {
+        c.subscribe(&filter(i), qos).await?;
     }
     let pub_conns = open_many(ep, &format!("{tag}-p"), pubs).await?;
     let sent_total = per_pub * pubs as u64;
@@ -342,7 +387,12 @@ async fn messages(
     let t0 = now_nanos();
     let start = Instant::now();
     let mut subs_set = JoinSet::new();
-    let per_sub = sent_total;
+    // Every subscriber gets every message, except in pairs where it has one publisher.
+    let per_sub = if shape == Shape::Pairs {
+        per_pub
+    } else {
+        sent_total
+    };
     for conn in sub_conns {
         let progress = progress.clone();
         subs_set.spawn(subscriber(conn, per_sub, progress));
@@ -384,7 +434,11 @@ async fn messages(
     };
     Ok(Measured {
         sent,
-        expected: sent * subs as u64,
+        expected: if shape == Shape::Pairs {
+            sent
+        } else {
+            sent * subs as u64
+        },
         done: progress.received.load(Ordering::Relaxed),
         secs,
         cpu: cpu1 - cpu0,

@@ -89,6 +89,21 @@ fn smoke_comparison_delivers_everything() {
     }
     assert!(!run.stdout.contains("FAILED"), "{}", run.stdout);
     assert!(!run.stdout.contains("missing:"), "{}", run.stdout);
+    // The pairs run as fast as possible, and the fixed rate derived from Mosquitto's result
+    // there (besides the fixed 200 msg/s run), on both transports for both brokers.
+    for transport in ["TCP", "mTLS"] {
+        for broker in ["thingd", "mosquitto"] {
+            let rows = |prefix: &str| {
+                run.stdout
+                    .lines()
+                    .filter(|l| l.starts_with(prefix))
+                    .filter(|l| l.contains(&format!("| {transport} | {broker} |")))
+                    .count()
+            };
+            assert_eq!(rows("| 20:20 QoS 1 16 B |"), 1, "{}", run.stdout);
+            assert_eq!(rows("| 20:20 at "), 2, "{}", run.stdout);
+        }
+    }
 }
 
 /// A broker named in `--brokers` that is not installed fails the smoke run before anything
