@@ -25,7 +25,7 @@ use thingd_mqtt::QoS;
 
 use brokers::{Kind, Pki};
 use client::Endpoint;
-use report::{Missing, Report, Row, Transport};
+use report::{Missing, Report, Transport};
 use scenarios::{Scenario, Target};
 
 #[derive(Parser)]
@@ -77,6 +77,10 @@ struct CompareArgs {
     /// Transports, comma-separated (tcp, mtls).
     #[arg(long, value_delimiter = ',', default_value = "tcp,mtls")]
     transports: Vec<String>,
+    /// Runs of every scenario per broker and transport, in rounds (each round runs every
+    /// broker once); each figure in the tables is the median of its runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -294,6 +298,54 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
     list
 }
 
+/// What every run shares: the certificates, the working directory, the client's TLS
+/// configuration, the clock tick and the pause after a run.
+struct Setup<'a> {
+    pki: &'a Pki,
+    work: &'a Path,
+    client_config: &'a Arc<rustls::ClientConfig>,
+    ticks: f64,
+    pause: Duration,
+}
+
+/// One run of `scenario` on `transport` against a freshly started broker: what it measured,
+/// or why it failed (the broker did not start, a check failed, or it died).
+async fn run_once(
+    setup: &Setup<'_>,
+    installed: &brokers::Installed,
+    scenario: &Scenario,
+    transport: Transport,
+    run_id: u32,
+) -> Result<scenarios::Measured, String> {
+    // A fresh broker for every run, so that memory and state left by one run (allocator
+    // caches, queues) do not count in the next.
+    let mut broker = brokers::start(installed, setup.pki, setup.work)
+        .map_err(|e| format!("failed to start: {e:#}"))?;
+    let target = Target {
+        pid: broker.pid(),
+        ticks: setup.ticks,
+    };
+    let ep = Endpoint {
+        addr: match transport {
+            Transport::Tcp => broker.tcp,
+            Transport::Mtls => broker.tls,
+        },
+        tls: (transport == Transport::Mtls).then(|| setup.client_config.clone()),
+    };
+    let result = match scenarios::run(scenario, &ep, target, &format!("r{run_id}")).await {
+        Ok(m) => m.check().map(|()| m).map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let result = broker
+        .check_alive()
+        .map_err(|e| format!("{e:#}"))
+        .and(result);
+    drop(broker);
+    // Let closed connections drain before the next run.
+    tokio::time::sleep(setup.pause).await;
+    result
+}
+
 /// Puts back, before a `HalfMaxRate` kept by `--only`, the `Pairs` run its rate comes from.
 fn keep_references(list: &mut Vec<Scenario>, all: &[Scenario]) {
     let has_pairs = list.iter().any(|s| matches!(s, Scenario::Pairs { .. }));
@@ -509,92 +561,56 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         found[..=i].rotate_right(1);
     }
     let reference = found.first().map(|(k, _)| *k);
-    // The reference's `Pairs` maximum per transport, msg/s.
+    // The reference's `Pairs` maximum per transport (its first run), msg/s.
     let mut maxima: Vec<(Transport, f64)> = Vec::new();
-    for (kind, installed) in found {
-        for scenario in &list {
-            for &transport in &transports {
-                let scenario = match resolve(scenario, transport, reference, &maxima) {
-                    Ok(s) => s,
-                    Err(reason) => {
-                        eprintln!("{kind} {transport} {}: {reason}", scenario.name());
-                        report.rows.push(Row {
-                            scenario: scenario.clone(),
-                            transport,
-                            broker: kind,
-                            result: Err(reason),
-                        });
-                        continue;
+    let setup = Setup {
+        pki: &pki,
+        work: work.path(),
+        client_config: &client_config,
+        ticks,
+        pause: Duration::from_millis(if args.smoke { 100 } else { 1000 }),
+    };
+    // Round after round, every broker runs every scenario once: slow drift of the machine
+    // is shared between the brokers, and each figure is the median of its runs.
+    for round in 1..=args.runs {
+        let progress = if args.runs > 1 {
+            format!("[{round}/{}] ", args.runs)
+        } else {
+            String::new()
+        };
+        for (kind, installed) in &found {
+            for scenario in &list {
+                for &transport in &transports {
+                    let resolved = resolve(scenario, transport, reference, &maxima);
+                    let name = resolved.as_ref().unwrap_or(scenario).name();
+                    eprint!("{progress}{kind} {transport} {name} ... ");
+                    let (scenario, result) = match resolved {
+                        Ok(s) => {
+                            run_id += 1;
+                            let result = run_once(&setup, installed, &s, transport, run_id).await;
+                            (s, result)
+                        }
+                        Err(reason) => (scenario.clone(), Err(reason)),
+                    };
+                    match &result {
+                        Ok(m) => eprintln!(
+                            "{:.0}/s, {:.2} µs CPU each, sent {}, {} of {}",
+                            m.rate(),
+                            m.cpu_us_per(),
+                            m.sent,
+                            m.done,
+                            m.expected
+                        ),
+                        Err(e) => eprintln!("FAILED: {e}"),
                     }
-                };
-                let scenario = &scenario;
-                run_id += 1;
-                // A fresh broker for every run, so that memory and state left by one run
-                // (allocator caches, queues) do not count in the next.
-                let mut broker = match brokers::start(&installed, &pki, work.path()) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let reason = format!("failed to start: {e:#}");
-                        eprintln!("{kind}: {reason}");
-                        report.rows.push(Row {
-                            scenario: scenario.clone(),
-                            transport,
-                            broker: kind,
-                            result: Err(reason),
-                        });
-                        continue;
+                    if let (Ok(m), Scenario::Pairs { .. }) = (&result, &scenario)
+                        && Some(*kind) == reference
+                        && !maxima.iter().any(|(t, _)| *t == transport)
+                    {
+                        maxima.push((transport, m.rate()));
                     }
-                };
-                let target = Target {
-                    pid: broker.pid(),
-                    ticks,
-                };
-                let ep = Endpoint {
-                    addr: match transport {
-                        Transport::Tcp => broker.tcp,
-                        Transport::Mtls => broker.tls,
-                    },
-                    tls: (transport == Transport::Mtls).then(|| client_config.clone()),
-                };
-                let tag = format!("r{run_id}");
-                eprint!("{kind} {transport} {} ... ", scenario.name());
-                let result = match scenarios::run(scenario, &ep, target, &tag).await {
-                    Ok(m) => match m.check() {
-                        Ok(()) => Ok(m),
-                        Err(e) => Err(format!("{e:#}")),
-                    },
-                    Err(e) => Err(format!("{e:#}")),
-                };
-                let result = match broker.check_alive() {
-                    Ok(()) => result,
-                    Err(e) => Err(format!("{e:#}")),
-                };
-                match &result {
-                    Ok(m) => eprintln!(
-                        "{:.0}/s, {:.2} µs CPU each, sent {}, {} of {}",
-                        m.rate(),
-                        m.cpu_us_per(),
-                        m.sent,
-                        m.done,
-                        m.expected
-                    ),
-                    Err(e) => eprintln!("FAILED: {e}"),
+                    report.record(scenario, transport, *kind, result);
                 }
-                if let (Ok(m), Scenario::Pairs { .. }) = (&result, scenario)
-                    && Some(kind) == reference
-                {
-                    maxima.push((transport, m.rate()));
-                }
-                report.rows.push(Row {
-                    scenario: scenario.clone(),
-                    transport,
-                    broker: kind,
-                    result,
-                });
-                drop(broker);
-                // Let closed connections drain before the next run.
-                tokio::time::sleep(Duration::from_millis(if args.smoke { 100 } else { 1000 }))
-                    .await;
             }
         }
     }
@@ -615,6 +631,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             body,
             "## Results\n\n\
              - Run: {date}{}; {} s wall.\n\
+             - Runs: {}.\n\
              - Machine: {}.\n\
              - Load average (1/5/15 min) before the run: {load_before}; after: {load_after}. \
              The load generator runs on the same machine as the broker under test.\n\
@@ -623,6 +640,16 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
              codec, tokio, tokio-rustls with aws-lc-rs; one multi-threaded tokio runtime.\n",
             if args.smoke { " (smoke counts)" } else { "" },
             started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            if args.runs > 1 {
+                format!(
+                    "{} of every scenario per broker and transport, in rounds (each round runs \
+                     every broker once, so that slow drift of the machine is shared); each \
+                     figure is the median of its runs (`--runs {}`)",
+                    args.runs, args.runs
+                )
+            } else {
+                "one of every scenario per broker and transport (`--runs 1`)".to_owned()
+            },
             machine(),
             if max_idle < 50_000 {
                 "; 50,000 idle connections need more, so that scenario was not run"

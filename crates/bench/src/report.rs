@@ -22,12 +22,70 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// One scenario on one transport against one broker.
+/// One scenario on one transport against one broker, with the result of every run.
 pub(crate) struct Row {
     pub(crate) scenario: Scenario,
     pub(crate) transport: Transport,
     pub(crate) broker: Kind,
-    pub(crate) result: Result<Measured, String>,
+    pub(crate) runs: Vec<Result<Measured, String>>,
+}
+
+/// The figures of a row: each the median of its runs.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Figures {
+    pub(crate) rate: f64,
+    pub(crate) cpu_us: f64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    pub(crate) p999_ms: Option<f64>,
+    pub(crate) rss_kib: Option<f64>,
+    pub(crate) done: f64,
+    pub(crate) expected: f64,
+    pub(crate) lossy: bool,
+}
+
+impl Row {
+    /// The medians of the runs, or the first failure (a row with a failed run is failed).
+    pub(crate) fn figures(&self) -> Result<Figures, String> {
+        let mut ok = Vec::new();
+        for (i, run) in self.runs.iter().enumerate() {
+            match run {
+                Ok(m) => ok.push(m),
+                Err(e) if self.runs.len() > 1 => {
+                    return Err(format!("run {} of {}: {e}", i + 1, self.runs.len()));
+                }
+                Err(e) => return Err(e.clone()),
+            }
+        }
+        if ok.is_empty() {
+            return Err("not run".to_owned());
+        }
+        let of = |f: &dyn Fn(&Measured) -> Option<f64>| median(ok.iter().filter_map(|m| f(m)));
+        Ok(Figures {
+            rate: of(&|m| Some(m.rate())).unwrap_or(f64::NAN),
+            cpu_us: of(&|m| Some(m.cpu_us_per())).unwrap_or(f64::NAN),
+            p50_ms: of(&|m| quantile_ms(m, 0.5)),
+            p99_ms: of(&|m| quantile_ms(m, 0.99)),
+            p999_ms: of(&|m| quantile_ms(m, 0.999)),
+            rss_kib: of(&|m| m.rss_per_conn_kib),
+            done: of(&|m| Some(m.done as f64)).unwrap_or(0.0),
+            expected: of(&|m| Some(m.expected as f64)).unwrap_or(0.0),
+            lossy: ok.iter().any(|m| m.lossy),
+        })
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` if empty.
+/// NaN (a figure a run could not give) sorts last.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// A broker that could not be run at all.
@@ -92,7 +150,32 @@ fn quantile_ms(m: &Measured, q: f64) -> Option<f64> {
 }
 
 impl Report {
-    fn mosquitto_row(&self, row: &Row) -> Option<&Measured> {
+    /// Adds the result of one run to its row (scenario, transport and broker), making the
+    /// row on its first run.
+    pub(crate) fn record(
+        &mut self,
+        scenario: Scenario,
+        transport: Transport,
+        broker: Kind,
+        result: Result<Measured, String>,
+    ) {
+        let name = scenario.name();
+        match self
+            .rows
+            .iter_mut()
+            .find(|r| r.broker == broker && r.transport == transport && r.scenario.name() == name)
+        {
+            Some(row) => row.runs.push(result),
+            None => self.rows.push(Row {
+                scenario,
+                transport,
+                broker,
+                runs: vec![result],
+            }),
+        }
+    }
+
+    fn mosquitto_row(&self, row: &Row) -> Option<Figures> {
         self.rows
             .iter()
             .find(|r| {
@@ -100,7 +183,7 @@ impl Report {
                     && r.transport == row.transport
                     && r.scenario.name() == row.scenario.name()
             })
-            .and_then(|r| r.result.as_ref().ok())
+            .and_then(|r| r.figures().ok())
     }
 
     /// Puts the rows of one scenario and transport together: scenarios in the order they
@@ -128,7 +211,7 @@ impl Report {
 
     /// True when every run passed its checks.
     pub(crate) fn all_ok(&self) -> bool {
-        self.rows.iter().all(|r| r.result.is_ok())
+        self.rows.iter().all(|r| r.runs.iter().all(Result::is_ok))
     }
 
     pub(crate) fn tables(&self) -> String {
@@ -152,33 +235,28 @@ impl Report {
                 row.transport,
                 row.broker
             );
-            match &row.result {
+            match row.figures() {
                 Err(e) => {
                     let _ = writeln!(out, "{lead} FAILED: {} | | | | | |", e.replace('|', "/"));
                 }
-                Ok(m) => {
+                Ok(f) => {
                     let mq = self.mosquitto_row(row);
+                    let mq = mq.as_ref();
                     let is_m = row.broker == Kind::Mosquitto;
-                    let q = |m: Option<&Measured>, q: f64| m.and_then(|m| quantile_ms(m, q));
                     let _ = writeln!(
                         out,
                         "{lead} {} | {} | {} | {} | {} | {} of {}{} |",
-                        cell(Some(m.rate()), mq.map(Measured::rate), thousands, is_m),
-                        cell(
-                            Some(m.cpu_us_per()),
-                            mq.map(Measured::cpu_us_per),
-                            sig,
-                            is_m
-                        ),
-                        cell(q(Some(m), 0.5), q(mq, 0.5), sig, is_m),
-                        cell(q(Some(m), 0.99), q(mq, 0.99), sig, is_m),
-                        cell(q(Some(m), 0.999), q(mq, 0.999), sig, is_m),
-                        thousands(m.done as f64),
-                        thousands(m.expected as f64),
-                        if m.lossy && m.done < m.expected {
+                        cell(Some(f.rate), mq.map(|m| m.rate), thousands, is_m),
+                        cell(Some(f.cpu_us), mq.map(|m| m.cpu_us), sig, is_m),
+                        cell(f.p50_ms, mq.and_then(|m| m.p50_ms), sig, is_m),
+                        cell(f.p99_ms, mq.and_then(|m| m.p99_ms), sig, is_m),
+                        cell(f.p999_ms, mq.and_then(|m| m.p999_ms), sig, is_m),
+                        thousands(f.done),
+                        thousands(f.expected),
+                        if f.lossy && f.done < f.expected {
                             format!(
                                 " ({:.1}% lost, QoS 0)",
-                                100.0 * (m.expected - m.done) as f64 / m.expected as f64
+                                100.0 * (f.expected - f.done) / f.expected
                             )
                         } else {
                             String::new()
@@ -215,33 +293,23 @@ impl Report {
                 row.transport,
                 row.broker
             );
-            match &row.result {
+            match row.figures() {
                 Err(e) => {
                     let _ = writeln!(out, "{lead} FAILED: {} | | | | | |", e.replace('|', "/"));
                 }
-                Ok(m) => {
+                Ok(f) => {
                     let mq = self.mosquitto_row(row);
+                    let mq = mq.as_ref();
                     let is_m = row.broker == Kind::Mosquitto;
-                    let q = |m: Option<&Measured>, q: f64| m.and_then(|m| quantile_ms(m, q));
                     let _ = writeln!(
                         out,
                         "{lead} {} | {} | {} | {} | {} | {} |",
-                        thousands(m.done as f64),
-                        cell(
-                            m.rss_per_conn_kib,
-                            mq.and_then(|m| m.rss_per_conn_kib),
-                            sig,
-                            is_m
-                        ),
-                        cell(Some(m.rate()), mq.map(Measured::rate), thousands, is_m),
-                        cell(
-                            Some(m.cpu_us_per()),
-                            mq.map(Measured::cpu_us_per),
-                            sig,
-                            is_m
-                        ),
-                        cell(q(Some(m), 0.5), q(mq, 0.5), sig, is_m),
-                        cell(q(Some(m), 0.99), q(mq, 0.99), sig, is_m),
+                        thousands(f.done),
+                        cell(f.rss_kib, mq.and_then(|m| m.rss_kib), sig, is_m),
+                        cell(Some(f.rate), mq.map(|m| m.rate), thousands, is_m),
+                        cell(Some(f.cpu_us), mq.map(|m| m.cpu_us), sig, is_m),
+                        cell(f.p50_ms, mq.and_then(|m| m.p50_ms), sig, is_m),
+                        cell(f.p99_ms, mq.and_then(|m| m.p99_ms), sig, is_m),
                     );
                 }
             }
@@ -280,4 +348,92 @@ pub(crate) fn write_into(path: &Path, body: &str) -> anyhow::Result<()> {
     }
     std::fs::write(path, new)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(done: u64, secs: f64, cpu: f64) -> Measured {
+        Measured {
+            sent: done,
+            expected: done,
+            done,
+            secs,
+            cpu,
+            ..Measured::default()
+        }
+    }
+
+    fn row(runs: Vec<Result<Measured, String>>) -> Row {
+        Row {
+            scenario: Scenario::Idle { conns: 10 },
+            transport: Transport::Tcp,
+            broker: Kind::Thingd,
+            runs,
+        }
+    }
+
+    #[test]
+    fn each_figure_is_the_median_of_the_runs() {
+        // Rates 100, 300, 200 msg/s; CPU 10, 5, 20 µs per message.
+        let f = row(vec![
+            Ok(measured(1000, 10.0, 0.01)),
+            Ok(measured(3000, 10.0, 0.015)),
+            Ok(measured(2000, 10.0, 0.04)),
+        ])
+        .figures()
+        .expect("three good runs");
+        assert_eq!(f.rate, 200.0);
+        assert!((f.cpu_us - 10.0).abs() < 1e-9, "{}", f.cpu_us);
+        assert_eq!(f.done, 2000.0);
+        assert_eq!(f.p99_ms, None);
+    }
+
+    #[test]
+    fn an_even_number_of_runs_takes_the_mean_of_the_middle_two() {
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
+        assert_eq!(median(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_row_with_one_failed_run_is_failed_and_says_which() {
+        let r = row(vec![
+            Ok(measured(1000, 1.0, 0.0)),
+            Err("received 9 of 10 messages".to_owned()),
+        ]);
+        assert_eq!(
+            r.figures(),
+            Err("run 2 of 2: received 9 of 10 messages".to_owned())
+        );
+        let mut report = Report {
+            rows: vec![r],
+            missing: Vec::new(),
+        };
+        assert!(!report.all_ok());
+        report.rows[0].runs.pop();
+        assert!(report.all_ok());
+    }
+
+    #[test]
+    fn runs_of_the_same_scenario_transport_and_broker_share_a_row() {
+        let mut report = Report {
+            rows: Vec::new(),
+            missing: Vec::new(),
+        };
+        for broker in [Kind::Thingd, Kind::Mosquitto, Kind::Thingd] {
+            report.record(
+                Scenario::Idle { conns: 10 },
+                Transport::Tcp,
+                broker,
+                Ok(measured(10, 1.0, 0.0)),
+            );
+        }
+        let runs: Vec<(Kind, usize)> = report
+            .rows
+            .iter()
+            .map(|r| (r.broker, r.runs.len()))
+            .collect();
+        assert_eq!(runs, [(Kind::Thingd, 2), (Kind::Mosquitto, 1)]);
+    }
 }
