@@ -345,7 +345,7 @@ async fn resume_raw(
 
 /// QoS 2 to a persistent session across kill -9, seen by a client written for these tests
 /// (no library's session handling in between): a message the device received but did not
-/// answer comes back under the packet id it saw, and once the device has answered PUBREC and
+/// answer comes back under the packet id it saw, with DUP=1, and once the device has answered PUBREC and
 /// been sent PUBREL only the PUBREL comes back — the device may already have passed the
 /// message on and forgotten the id, and a second PUBLISH would reach it twice.
 #[test]
@@ -390,6 +390,7 @@ fn qos2_resumes_at_its_stage_after_kill9() {
             (open_id, &b"open"[..]),
             "the unanswered message comes back under the id the device saw"
         );
+        assert!(again.dup, "a re-delivery carries DUP=1 (MQTT-3.3.1-1)");
         sub.expect_silence().await?;
         sub.send(&ack(PUBREC, open_id)).await?;
         assert_eq!(

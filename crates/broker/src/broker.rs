@@ -88,6 +88,7 @@ pub(crate) fn session_record(s: &Session, disconnected_at: Option<i64>) -> Sessi
         state: persist::encode_state(
             &s.subs,
             &qos2,
+            s.sent_through,
             s.will_to_store()
                 .filter(|w| w.policy.can_publish(&w.msg.topic, w.msg.retain)),
         ),
@@ -276,6 +277,7 @@ impl Shared {
                     retain: msg.retain && t.rap,
                     sub_ids: t.ids.clone(),
                     seq: None,
+                    dup: false,
                 };
                 s.offer(d, fx);
             }
@@ -316,6 +318,7 @@ impl Shared {
             retain: msg.retain && opts.retain_as_published,
             sub_ids: id.iter().copied().collect(),
             seq: None,
+            dup: false,
         };
         for i in 0..n {
             let (cell, opts, id) = &members[(start + i) % n];
@@ -666,6 +669,14 @@ impl Shared {
             s.stored = true;
             s.disconnected_at_ms = Some(at);
             s.inbound_qos2 = state.inbound_qos2.into_iter().collect();
+            // Messages the device may have been sent before the restart go out with DUP=1:
+            // for a session that was offline, those up to the last one it was sent; for one
+            // the crash cut off (or one stored before that was kept), all of them — which
+            // had gone out is not known.
+            let maybe_sent = match (rec.disconnected_at, state.sent_through) {
+                (Some(_), Some(through)) => through,
+                _ => u64::MAX,
+            };
             for QueuedMessage {
                 seq,
                 blob,
@@ -678,6 +689,7 @@ impl Shared {
                     // under the id the message had (see `Session::alloc_pid`).
                     Some(mut d) if released && d.qos == QoS::ExactlyOnce => {
                         d.seq = Some(seq);
+                        s.sent_through = s.sent_through.max(seq);
                         s.inflight.push_back(Inflight {
                             pid: stored_pid(seq),
                             issued: 0,
@@ -687,6 +699,10 @@ impl Shared {
                     }
                     Some(mut d) if !d.msg.is_expired(now) => {
                         d.seq = Some(seq);
+                        d.dup = seq <= maybe_sent;
+                        if d.dup {
+                            s.sent_through = s.sent_through.max(seq);
+                        }
                         s.queue.push_back(d);
                         metrics::queued(1);
                     }

@@ -910,6 +910,7 @@ impl Conn {
                     retain: true,
                     sub_ids: rec.id.into_iter().collect(),
                     seq: None,
+                    dup: false,
                     msg,
                 };
                 s.offer(d, &mut fx);

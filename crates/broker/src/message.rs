@@ -156,6 +156,8 @@ pub(crate) struct Delivery {
     pub(crate) sub_ids: Vec<u32>,
     /// Position in the store when the session is persistent and QoS > 0.
     pub(crate) seq: Option<u64>,
+    /// Restored after a restart and perhaps sent before it: goes out with DUP=1.
+    pub(crate) dup: bool,
 }
 
 /// Builds the PUBLISH for `d` (topic alias handling is done by the caller).

@@ -7,7 +7,9 @@
 //!
 //! Session state blob: `[1: format = 1][2: n]` then n subscriptions
 //! `[2: len][filter][1: options byte as on the wire][4: subscription id, 0 = none]`, then
-//! `[2: m]` and m inbound QoS 2 packet ids awaiting PUBREL, then optionally the session's
+//! `[2: m]` and m inbound QoS 2 packet ids awaiting PUBREL, then tagged sections:
+//! `[1: 2][8: sent through]`, the highest queued message position sent (always written
+//! now; state without it was written before it was kept), and optionally the session's
 //! Will: `[1: 1][4: Will Delay Interval][1: has expiry][4: Message Expiry Interval]` and
 //! `[4: n]` n bytes of a message blob (its expiry header absolute once the connection has
 //! closed). State written before Wills were kept ends after the packet ids.
@@ -38,6 +40,7 @@ pub(crate) fn encode_message(m: &Arc<AppMsg>) -> Vec<u8> {
         retain: m.retain,
         sub_ids: Vec::new(),
         seq: None,
+        dup: false,
     };
     encode_delivery(&d)
 }
@@ -83,6 +86,7 @@ pub(crate) fn decode_delivery(blob: &[u8]) -> Option<Delivery> {
         retain: p.retain,
         sub_ids,
         seq: None,
+        dup: false,
     })
 }
 
@@ -91,8 +95,14 @@ pub(crate) fn decode_delivery(blob: &[u8]) -> Option<Delivery> {
 pub(crate) struct SessionState {
     pub(crate) subs: Vec<(String, SubRecord)>,
     pub(crate) inbound_qos2: Vec<u16>,
+    /// `Session::sent_through`; `None` in state written before it was kept.
+    pub(crate) sent_through: Option<u64>,
     pub(crate) will: Option<StoredWill>,
 }
+
+/// Tags of the sections after the packet ids.
+const WILL_SECTION: u8 = 1;
+const SENT_THROUGH_SECTION: u8 = 2;
 
 /// A Will as stored with its session (its policy is not: only a Will its connection may
 /// publish is stored).
@@ -127,6 +137,7 @@ fn options_from(b: u8) -> SubscriptionOptions {
 pub(crate) fn encode_state(
     subs: &HashMap<String, SubRecord>,
     inbound_qos2: &[u16],
+    sent_through: u64,
     will: Option<&Will>,
 ) -> Vec<u8> {
     let mut out = BytesMut::new();
@@ -146,8 +157,10 @@ pub(crate) fn encode_state(
     for id in inbound_qos2.iter().take(u16::MAX as usize) {
         out.put_u16(*id);
     }
+    out.put_u8(SENT_THROUGH_SECTION);
+    out.put_u64(sent_through);
     if let Some(w) = will {
-        out.put_u8(1);
+        out.put_u8(WILL_SECTION);
         out.put_u32(w.delay);
         out.put_u8(u8::from(w.expiry_interval.is_some()));
         out.put_u32(w.expiry_interval.unwrap_or(0));
@@ -195,25 +208,32 @@ pub(crate) fn decode_state(mut b: &[u8]) -> Option<SessionState> {
         }
         st.inbound_qos2.push(b.get_u16());
     }
-    if b.has_remaining() {
-        if b.remaining() < 14 || b.get_u8() != 1 {
-            return None;
+    while b.has_remaining() {
+        match b.get_u8() {
+            SENT_THROUGH_SECTION if b.remaining() >= 8 => st.sent_through = Some(b.get_u64()),
+            WILL_SECTION if b.remaining() >= 13 => st.will = Some(decode_will(&mut b)?),
+            _ => return None,
         }
-        let delay = b.get_u32();
-        let has_expiry = b.get_u8() != 0;
-        let expiry = b.get_u32();
-        let len = b.get_u32() as usize;
-        if b.remaining() < len {
-            return None;
-        }
-        let d = decode_delivery(&b[..len])?;
-        st.will = Some(StoredWill {
-            msg: Arc::unwrap_or_clone(d.msg),
-            expiry_interval: has_expiry.then_some(expiry),
-            delay,
-        });
     }
     Some(st)
+}
+
+/// Decodes the Will section after its tag.
+fn decode_will(b: &mut &[u8]) -> Option<StoredWill> {
+    let delay = b.get_u32();
+    let has_expiry = b.get_u8() != 0;
+    let expiry = b.get_u32();
+    let len = b.get_u32() as usize;
+    if b.remaining() < len {
+        return None;
+    }
+    let d = decode_delivery(&b[..len])?;
+    b.advance(len);
+    Some(StoredWill {
+        msg: Arc::unwrap_or_clone(d.msg),
+        expiry_interval: has_expiry.then_some(expiry),
+        delay,
+    })
 }
 
 #[cfg(test)]
@@ -242,9 +262,10 @@ mod tests {
                 id: None,
             },
         );
-        let blob = encode_state(&subs, &[7, 9], None);
+        let blob = encode_state(&subs, &[7, 9], 42, None);
         let st = decode_state(&blob).expect("decodes");
         assert_eq!(st.inbound_qos2, vec![7, 9]);
+        assert_eq!(st.sent_through, Some(42));
         assert!(st.will.is_none());
         let back: HashMap<_, _> = st.subs.into_iter().collect();
         assert_eq!(back, subs);
@@ -267,9 +288,10 @@ mod tests {
             delay: 30,
             policy: Arc::new(crate::AllowAll),
         };
-        let blob = encode_state(&HashMap::new(), &[3], Some(&will));
+        let blob = encode_state(&HashMap::new(), &[3], 0, Some(&will));
         let st = decode_state(&blob).expect("decodes");
         assert_eq!(st.inbound_qos2, vec![3]);
+        assert_eq!(st.sent_through, Some(0));
         let back = st.will.expect("the will");
         assert_eq!((back.delay, back.expiry_interval), (30, Some(60)));
         assert_eq!(back.msg.topic, will.msg.topic);
@@ -282,11 +304,51 @@ mod tests {
         }
     }
 
+    /// State written before the sent position was kept (the packet ids, then the Will or
+    /// nothing) still decodes, without it.
+    #[test]
+    fn state_from_before_the_sent_position_decodes_without_it() {
+        let will = Will {
+            msg: AppMsg {
+                topic: thingd_mqtt::ByteStr::from("status/dev1"),
+                payload: bytes::Bytes::from_static(b"offline"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                props: None,
+                expires_at: None,
+                origin: None,
+                frames: Default::default(),
+            },
+            expiry_interval: None,
+            delay: 5,
+            policy: Arc::new(crate::AllowAll),
+        };
+        // The old layout: the new one without its `[2][8 bytes]` section after the ids.
+        let without = |blob: Vec<u8>| {
+            let ids_end = 1 + 2 + 2 + 2;
+            [&blob[..ids_end], &blob[ids_end + 9..]].concat()
+        };
+        let old = without(encode_state(&HashMap::new(), &[7], 9, None));
+        let st = decode_state(&old).expect("decodes");
+        assert_eq!((st.inbound_qos2, st.sent_through), (vec![7], None));
+        let old = without(encode_state(&HashMap::new(), &[7], 9, Some(&will)));
+        let st = decode_state(&old).expect("decodes");
+        assert_eq!(st.sent_through, None);
+        assert_eq!(st.will.expect("the will").delay, 5);
+        // Cut inside the sent position, the state is corrupt.
+        let blob = encode_state(&HashMap::new(), &[7], 9, None);
+        for cut in blob.len() - 8..blob.len() {
+            assert!(decode_state(&blob[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
     #[test]
     fn corrupt_state_is_rejected() {
         assert!(decode_state(&[]).is_none());
         assert!(decode_state(&[1, 0, 1, 0, 200]).is_none());
         assert!(decode_state(&[9, 0, 0, 0, 0]).is_none());
+        // A section of an unknown kind.
+        assert!(decode_state(&[1, 0, 0, 0, 0, 7, 0]).is_none());
         assert!(decode_delivery(&[1, 2, 3]).is_none());
     }
 }
@@ -319,6 +381,7 @@ mod blob_tests {
             retain: false,
             sub_ids: vec![3, 9],
             seq: Some(5),
+            dup: false,
         };
         let back = decode_delivery(&encode_delivery(&d)).expect("decodes");
         assert_eq!(back.qos, QoS::AtLeastOnce);

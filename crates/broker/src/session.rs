@@ -220,6 +220,10 @@ pub(crate) struct Session {
     /// can only still be in flight if the oldest message in flight is 65,535 ids old.
     ids_issued: u64,
     pub(crate) next_seq: u64,
+    /// The highest store position (`seq`) sent on any connection, or restored as perhaps
+    /// sent. Stored with the session: after a restart the messages up to it go out with
+    /// DUP=1, those after it (queued while the session was offline) with DUP=0.
+    pub(crate) sent_through: u64,
     pub(crate) conn: Option<Link>,
     /// The live connection's Will. Both Will fields are boxed: a Will is over 500 bytes and
     /// most sessions have none.
@@ -248,6 +252,7 @@ impl Session {
             next_pid: 1,
             ids_issued: 0,
             next_seq: 1,
+            sent_through: 0,
             conn: None,
             will: None,
             pending_will: None,
@@ -444,7 +449,7 @@ impl Session {
         let frame = if shareable(link, &d) {
             shared_frame(link, &d, Some(pid), fx).filter(|f| f.len() <= link.max_packet)
         } else {
-            build_checked(link, &d, Some(pid), false, fx.now_ms).map(Frame::from)
+            build_checked(link, &d, Some(pid), d.dup, fx.now_ms).map(Frame::from)
         };
         let Some(frame) = frame else {
             metrics::dropped(DropReason::TooLarge);
@@ -456,6 +461,9 @@ impl Session {
         };
         fx.slow.extend(SlowReceiver::after_send(&link.tx, queued));
         fx.sent[d.qos as usize] += 1;
+        if let Some(seq) = d.seq {
+            self.sent_through = self.sent_through.max(seq);
+        }
         self.inflight.push_back(Inflight {
             pid,
             issued,
@@ -627,7 +635,7 @@ fn may_receive(link: &mut Link, topic: &ByteStr, fx: &mut Effects) -> bool {
 /// Whether the frame of `d` for `link` is the same for every receiver of its version (no
 /// topic alias, no subscription identifier; packet ids are patched in).
 fn shareable(link: &Link, d: &Delivery) -> bool {
-    !link.aliases.enabled() && d.sub_ids.is_empty()
+    !link.aliases.enabled() && d.sub_ids.is_empty() && !d.dup
 }
 
 /// The frame of a shareable delivery, encoded once per message, version, QoS and expiry
@@ -741,6 +749,7 @@ mod tests {
             retain: false,
             sub_ids: Vec::new(),
             seq: None,
+            dup: false,
         }
     }
 
@@ -920,6 +929,7 @@ mod tests {
             retain: false,
             sub_ids: Vec::new(),
             seq: None,
+            dup: false,
         }
     }
 

@@ -1808,6 +1808,58 @@ async fn qos2_to_a_persistent_session_resumes_at_its_stage_after_a_crash() {
     assert!(h.store.messages(id).expect("messages").is_empty());
 }
 
+/// A message resent after a restart carries DUP=1 when the device may have had it before
+/// (MQTT-3.3.1-1): of a session that was offline, exactly the messages it had been sent, not
+/// those queued while it was away; of a session the crash cut off, every message (which had
+/// gone out is not known; DUP=1 says "perhaps sent").
+#[tokio::test]
+async fn messages_resent_after_a_restart_carry_dup_when_they_may_have_been_sent() {
+    let h = Harness::new();
+    let id = "dup-after-restart";
+    let (mut s, _) = h.persistent(V5, id).await;
+    s.subscribe("dup/#", QoS::AtLeastOnce).await;
+    let mut publisher = h.client(V5, "dup-publisher").await;
+    publisher
+        .publish("dup/sent", b"sent", QoS::AtLeastOnce, false)
+        .await;
+    let first = s.expect_publish().await;
+    assert!(!first.dup, "first delivery");
+    // Offline (the disconnect is seen), then one more message queues for the session.
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publisher
+        .publish("dup/queued", b"queued", QoS::AtLeastOnce, false)
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut again = resume_after_crash(&h, id).await;
+    let resent = again.expect_publish().await;
+    assert_eq!(
+        (&resent.payload[..], resent.dup, resent.packet_id),
+        (&b"sent"[..], true, first.packet_id),
+        "sent before: DUP=1"
+    );
+    let queued = again.expect_publish().await;
+    assert_eq!(
+        (&queued.payload[..], queued.dup),
+        (&b"queued"[..], false),
+        "never sent: DUP=0"
+    );
+    // Both unacknowledged, still connected when the next broker starts on the store: both
+    // may have arrived, so both go out with DUP=1.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = resume_after_crash(&h, id).await;
+    for payload in [&b"sent"[..], b"queued"] {
+        let p = third.expect_publish().await;
+        assert_eq!((&p.payload[..], p.dup), (payload, true));
+        third
+            .send(ack(PubRespKind::PubAck, p.packet_id.unwrap_or(0)))
+            .await;
+    }
+    third.expect_nothing().await;
+    drop(again);
+}
+
 /// A persistent v5 session `id` with a Will on `wills/<id>` (QoS 1) of `delay` seconds.
 async fn connect_with_will(h: &Harness, id: &str, delay: u32) -> Client {
     let mut c = h.stream(None);
