@@ -216,21 +216,15 @@ pub(crate) async fn run(
     let work = async {
         match scenario {
             Scenario::OneToOne { qos, size, count } => {
-                messages(ep, target, tag, 1, 1, *count, *qos, *size, Shape::Direct).await
+                let load = Load {
+                    qos: *qos,
+                    size: *size,
+                    ..Load::qos1(1, 1, *count, Shape::Direct)
+                };
+                messages(ep, target, tag, load).await
             }
             Scenario::FanOut { subs, count } => {
-                messages(
-                    ep,
-                    target,
-                    tag,
-                    1,
-                    *subs,
-                    *count,
-                    QoS::AtLeastOnce,
-                    16,
-                    Shape::Direct,
-                )
-                .await
+                messages(ep, target, tag, Load::qos1(1, *subs, *count, Shape::Direct)).await
             }
             Scenario::FanIn {
                 pubs,
@@ -242,32 +236,11 @@ pub(crate) async fn run(
                 } else {
                     Shape::Wildcard
                 };
-                messages(
-                    ep,
-                    target,
-                    tag,
-                    *pubs,
-                    1,
-                    *per_pub,
-                    QoS::AtLeastOnce,
-                    16,
-                    shape,
-                )
-                .await
+                messages(ep, target, tag, Load::qos1(*pubs, 1, *per_pub, shape)).await
             }
             Scenario::Pairs { pairs, per_pub } => {
-                messages(
-                    ep,
-                    target,
-                    tag,
-                    *pairs,
-                    *pairs,
-                    *per_pub,
-                    QoS::AtLeastOnce,
-                    16,
-                    Shape::Pairs,
-                )
-                .await
+                let load = Load::qos1(*pairs, *pairs, *per_pub, Shape::Pairs);
+                messages(ep, target, tag, load).await
             }
             Scenario::FixedRate {
                 pairs,
@@ -349,18 +322,45 @@ struct Progress {
     last_nanos: AtomicU64,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn messages(
-    ep: &Endpoint,
-    target: Target,
-    tag: &str,
+/// The traffic of a message scenario: `pubs` publishers sending `per_pub` messages of `size`
+/// bytes each at `qos`, to `subs` subscribers connected as `shape` says.
+struct Load {
     pubs: usize,
     subs: usize,
     per_pub: u64,
     qos: QoS,
     size: usize,
     shape: Shape,
+}
+
+impl Load {
+    /// QoS 1 with 16-byte payloads, as every scenario but 1→1 uses.
+    fn qos1(pubs: usize, subs: usize, per_pub: u64, shape: Shape) -> Load {
+        Load {
+            pubs,
+            subs,
+            per_pub,
+            qos: QoS::AtLeastOnce,
+            size: 16,
+            shape,
+        }
+    }
+}
+
+async fn messages(
+    ep: &Endpoint,
+    target: Target,
+    tag: &str,
+    load: Load,
 ) -> anyhow::Result<Measured> {
+    let Load {
+        pubs,
+        subs,
+        per_pub,
+        qos,
+        size,
+        shape,
+    } = load;
     let base = format!("bench/{tag}");
     // What subscriber `i` subscribes to.
     let filter = |i: usize| match shape {
