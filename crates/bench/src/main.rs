@@ -78,7 +78,8 @@ struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "tcp,mtls")]
     transports: Vec<String>,
     /// Runs of every scenario per broker and transport, in rounds (each round runs every
-    /// broker once); each figure in the tables is the median of its runs.
+    /// broker once; the half-maximum row's rounds come after all the others' above it, whose
+    /// median sets its rate); each figure in the tables is the median of its runs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
 }
@@ -254,7 +255,7 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
             per_pub: 200,
         },
         // The issue's "p99 at a fixed rate of half Mosquitto's maximum": the rate is half of
-        // what Mosquitto delivered in the run above, on the same transport.
+        // the median of what Mosquitto delivered in the runs above, on the same transport.
         HalfMaxRate {
             pairs: 1000,
             secs: 10,
@@ -357,6 +358,37 @@ fn keep_references(list: &mut Vec<Scenario>, all: &[Scenario]) {
     {
         list.insert(at, pairs.clone());
     }
+}
+
+/// The scenarios in the order their rounds run: those before the first `HalfMaxRate`, then
+/// the rest (one part when there is none), so that every run its rate comes from is done
+/// before it starts.
+fn phases(list: &[Scenario]) -> Vec<&[Scenario]> {
+    match list
+        .iter()
+        .position(|s| matches!(s, Scenario::HalfMaxRate { .. }))
+    {
+        Some(at) if at > 0 => vec![&list[..at], &list[at..]],
+        _ => vec![list],
+    }
+}
+
+/// The median of the rates measured on each transport.
+fn medians_per_transport(rates: &[(Transport, f64)]) -> Vec<(Transport, f64)> {
+    let mut out: Vec<(Transport, f64)> = Vec::new();
+    for &(transport, _) in rates {
+        if out.iter().any(|(t, _)| *t == transport) {
+            continue;
+        }
+        let on = rates
+            .iter()
+            .filter(|(t, _)| *t == transport)
+            .map(|(_, r)| *r);
+        if let Some(m) = report::median(on) {
+            out.push((transport, m));
+        }
+    }
+    out
 }
 
 /// The scenario to run: a `HalfMaxRate` becomes the `FixedRate` at half the reference's
@@ -561,8 +593,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         found[..=i].rotate_right(1);
     }
     let reference = found.first().map(|(k, _)| *k);
-    // The reference's `Pairs` maximum per transport (its first run), msg/s.
-    let mut maxima: Vec<(Transport, f64)> = Vec::new();
+    // Every `Pairs` rate the reference delivered, per transport, msg/s.
+    let mut reference_rates: Vec<(Transport, f64)> = Vec::new();
     let setup = Setup {
         pki: &pki,
         work: work.path(),
@@ -571,45 +603,50 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         pause: Duration::from_millis(if args.smoke { 100 } else { 1000 }),
     };
     // Round after round, every broker runs every scenario once: slow drift of the machine
-    // is shared between the brokers, and each figure is the median of its runs.
-    for round in 1..=args.runs {
-        let progress = if args.runs > 1 {
-            format!("[{round}/{}] ", args.runs)
-        } else {
-            String::new()
-        };
-        for (kind, installed) in &found {
-            for scenario in &list {
-                for &transport in &transports {
-                    let resolved = resolve(scenario, transport, reference, &maxima);
-                    let name = resolved.as_ref().unwrap_or(scenario).name();
-                    eprint!("{progress}{kind} {transport} {name} ... ");
-                    let (scenario, result) = match resolved {
-                        Ok(s) => {
-                            run_id += 1;
-                            let result = run_once(&setup, installed, &s, transport, run_id).await;
-                            (s, result)
+    // is shared between the brokers, and each figure is the median of its runs. The rounds
+    // of the scenarios before the half-maximum rate all end before it starts, so that its
+    // rate is half the median of the reference's runs, not of its first.
+    for phase in phases(&list) {
+        let maxima = medians_per_transport(&reference_rates);
+        for round in 1..=args.runs {
+            let progress = if args.runs > 1 {
+                format!("[{round}/{}] ", args.runs)
+            } else {
+                String::new()
+            };
+            for (kind, installed) in &found {
+                for scenario in phase {
+                    for &transport in &transports {
+                        let resolved = resolve(scenario, transport, reference, &maxima);
+                        let name = resolved.as_ref().unwrap_or(scenario).name();
+                        eprint!("{progress}{kind} {transport} {name} ... ");
+                        let (scenario, result) = match resolved {
+                            Ok(s) => {
+                                run_id += 1;
+                                let result =
+                                    run_once(&setup, installed, &s, transport, run_id).await;
+                                (s, result)
+                            }
+                            Err(reason) => (scenario.clone(), Err(reason)),
+                        };
+                        match &result {
+                            Ok(m) => eprintln!(
+                                "{:.0}/s, {:.2} µs CPU each, sent {}, {} of {}",
+                                m.rate(),
+                                m.cpu_us_per(),
+                                m.sent,
+                                m.done,
+                                m.expected
+                            ),
+                            Err(e) => eprintln!("FAILED: {e}"),
                         }
-                        Err(reason) => (scenario.clone(), Err(reason)),
-                    };
-                    match &result {
-                        Ok(m) => eprintln!(
-                            "{:.0}/s, {:.2} µs CPU each, sent {}, {} of {}",
-                            m.rate(),
-                            m.cpu_us_per(),
-                            m.sent,
-                            m.done,
-                            m.expected
-                        ),
-                        Err(e) => eprintln!("FAILED: {e}"),
+                        if let (Ok(m), Scenario::Pairs { .. }) = (&result, &scenario)
+                            && Some(*kind) == reference
+                        {
+                            reference_rates.push((transport, m.rate()));
+                        }
+                        report.record(scenario, transport, *kind, result);
                     }
-                    if let (Ok(m), Scenario::Pairs { .. }) = (&result, &scenario)
-                        && Some(*kind) == reference
-                        && !maxima.iter().any(|(t, _)| *t == transport)
-                    {
-                        maxima.push((transport, m.rate()));
-                    }
-                    report.record(scenario, transport, *kind, result);
                 }
             }
         }
@@ -643,8 +680,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             if args.runs > 1 {
                 format!(
                     "{} of every scenario per broker and transport, in rounds (each round runs \
-                     every broker once, so that slow drift of the machine is shared); each \
-                     figure is the median of its runs (`--runs {}`)",
+                     every broker once, so that slow drift of the machine is shared; the \
+                     rounds of the scenarios above the half-maximum row end before it starts); \
+                     each figure is the median of its runs (`--runs {}`)",
                     args.runs, args.runs
                 )
             } else {
@@ -701,7 +739,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
              subscriber, so every QoS 1 message must arrive (in the 1,000:1,000 run each \
              subscriber has one publisher and needs no such bound). The rate of the row \
              marked \"half mosquitto's max\" is half of what Mosquitto delivered in the \
-             1,000:1,000 run just before on the same transport, rounded down to a whole \
+             1,000:1,000 runs on the same transport (the median of its runs, all done \
+             before this row's first), rounded down to a whole \
              number of messages per second per pair (without Mosquitto in the run, the first \
              broker run is the reference and the row names it). The per-client queue limit is \
              100,000 on thingd, 10,000,000 on Mosquitto (rumqttd has none; its commit log \
@@ -789,6 +828,46 @@ mod tests {
         assert_eq!(
             s.map(|s| s.name()).as_deref(),
             Ok("20:20 at 1000 msg/s QoS 1 16 B")
+        );
+    }
+
+    #[test]
+    fn every_run_of_the_reference_ends_before_the_half_maximum_rate_starts() {
+        let all = scenarios(false, 20_000);
+        let parts = phases(&all);
+        assert_eq!(parts.len(), 2);
+        assert!(parts[0].iter().any(|s| matches!(s, Scenario::Pairs { .. })));
+        assert!(matches!(parts[1][0], Scenario::HalfMaxRate { .. }));
+        assert_eq!(parts[0].len() + parts[1].len(), all.len());
+        // Without a half-maximum row (or with only that one) there is one part.
+        let no_half: Vec<Scenario> = all
+            .iter()
+            .filter(|s| !matches!(s, Scenario::HalfMaxRate { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(phases(&no_half).len(), 1);
+        assert_eq!(phases(&all[all.len() - 1..]).len(), 1);
+    }
+
+    #[test]
+    fn the_maximum_is_the_median_of_the_references_runs_per_transport() {
+        let rates = [
+            (Transport::Tcp, 26_634.0),
+            (Transport::Mtls, 20_369.0),
+            (Transport::Tcp, 21_000.0),
+            (Transport::Mtls, 19_000.0),
+            (Transport::Tcp, 22_972.0),
+        ];
+        let maxima = medians_per_transport(&rates);
+        assert_eq!(
+            maxima,
+            [(Transport::Tcp, 22_972.0), (Transport::Mtls, 19_684.5)]
+        );
+        // 22,972 / 2 = 11,486: 11 per pair of 1,000.
+        let tcp = resolve(&half_max(), Transport::Tcp, Some(Kind::Mosquitto), &maxima);
+        assert_eq!(
+            tcp.map(|s| s.name()).as_deref(),
+            Ok("1000:1000 at 11000 msg/s (half mosquitto's max) QoS 1 16 B")
         );
     }
 

@@ -77,7 +77,7 @@ impl Row {
 
 /// The median of `values` (the mean of the middle two for an even count); `None` if empty.
 /// NaN (a figure a run could not give) sorts last.
-fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);
     let n = v.len();
