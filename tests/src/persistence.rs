@@ -508,3 +508,58 @@ fn qos2_from_a_device_is_delivered_once_across_kill9() {
         anyhow::Ok(())
     });
 }
+
+/// `mosquitto_sub` (MQTT 3.1.1, clean session) with `device`'s files against `addr`.
+fn mosquitto_sub(addr: std::net::SocketAddr, device: &DeviceFiles) -> std::process::Command {
+    let mut command = std::process::Command::new("stdbuf");
+    command
+        .args(["-oL", "mosquitto_sub", "-V", "mqttv311", "--cafile"])
+        .arg(&device.ca)
+        .arg("--cert")
+        .arg(&device.cert)
+        .arg("--key")
+        .arg(&device.key)
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()]);
+    command
+}
+
+/// The presence pattern with a clean session and a client nobody here wrote: a device
+/// (`mosquitto_sub`, MQTT 3.1.1, cleanSession=1) sets a retained Will "offline" on its status
+/// topic. thingd is killed while it is connected; a connection cut off that way was lost
+/// without DISCONNECT, so after the restart the status topic must say "offline" — before,
+/// nothing of a clean session was stored and the Will was lost with the process.
+#[test]
+fn a_clean_devices_retained_will_marks_it_offline_after_kill9() {
+    use thingd_tests::Watched;
+
+    let mut env = env();
+    let status = "e2e/presence/sensor-9";
+    let mut device = mosquitto_sub(env.server.mqtts, &env.device);
+    device
+        .args(["-d", "-i", "sensor-9", "-t", "e2e/presence/sensor-9/cmd"])
+        .args(["--will-topic", status, "--will-payload", "offline"])
+        .args(["--will-qos", "1", "--will-retain"]);
+    let mut device = Watched::spawn(&mut device, "mosquitto_sub as the device")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // Subscribed, so connected (the CONNACK came first).
+    device
+        .wait_for_line(|l| l.contains("received SUBACK"), RUN)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+    let mut reader = mosquitto_sub(env.server.mqtts, &env.device);
+    reader.args(["-i", "status-reader", "-t", "e2e/presence/#", "-q", "1"]);
+    reader.args(["-C", "1", "-W", "10"]);
+    reader.args(["-F", "%r %q %t %p"]);
+    let read = Watched::spawn(&mut reader, "mosquitto_sub reading the status")
+        .and_then(|r| r.finish(RUN))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        read.stdout.trim(),
+        "1 1 e2e/presence/sensor-9 offline",
+        "the retained Will is the device's status after the restart: {read}"
+    );
+    drop(device);
+}

@@ -95,6 +95,26 @@ pub(crate) fn session_record(s: &Session, disconnected_at: Option<i64>) -> Sessi
     }
 }
 
+/// Whether `s` keeps a row in the store: a persistent session always; a clean one only while
+/// its connection has a Will it may publish, so that a crash does not swallow the Will (after
+/// the restart it is published, as for any connection lost without DISCONNECT).
+fn needs_row(s: &Session) -> bool {
+    s.persistent()
+        || s.will
+            .as_ref()
+            .is_some_and(|w| w.policy.can_publish(&w.msg.topic, w.msg.retain))
+}
+
+/// Wills to publish now, and the store writes that forget them (a row deleted, or rewritten
+/// without its pending will). The writes go after the wills' own (a retained will, copies
+/// for persistent subscribers): a crash between the two publishes a will again after the
+/// restart, rather than never.
+#[derive(Default)]
+pub(crate) struct DueWills {
+    pub(crate) wills: Vec<Will>,
+    pub(crate) then_write: Vec<WriteOp>,
+}
+
 /// What `attach` hands back to the connection.
 pub(crate) struct Attached {
     pub(crate) cell: Arc<SessionCell>,
@@ -391,7 +411,7 @@ impl Shared {
                 let mut fx = self.effects();
                 out.redelivery = s.redelivery(&mut fx);
                 s.pump(&mut fx);
-                if s.persistent() {
+                if needs_row(&s) {
                     s.stored = true;
                     out.store_ops
                         .push(WriteOp::PutSession(session_record(&s, None)));
@@ -421,7 +441,7 @@ impl Shared {
             let mut s = out.cell.lock();
             s.conn = Some(link);
             s.will = will;
-            if s.persistent() {
+            if needs_row(&s) {
                 s.stored = true;
                 out.store_ops
                     .push(WriteOp::PutSession(session_record(&s, None)));
@@ -481,38 +501,39 @@ impl Shared {
     }
 
     /// A connection has closed. Ends its session or keeps it offline; returns the wills to
-    /// publish now. Nothing happens when `conn_id` is no longer the session's connection.
+    /// publish now and the writes that follow them. Nothing happens when `conn_id` is no
+    /// longer the session's connection.
     pub(crate) fn detach(
         self: &Arc<Self>,
         cell: &Arc<SessionCell>,
         conn_id: u64,
         with_will: bool,
-    ) -> Vec<Will> {
-        let mut wills = Vec::new();
+    ) -> DueWills {
+        let mut due = DueWills::default();
         let mut map = self.sessions.lock();
         let mut s = cell.lock();
         if !s.is_current(conn_id) {
-            return wills;
+            return due;
         }
         s.conn = None;
         let will = s.will.take().filter(|_| with_will);
         let now = self.clock.now_ms();
         if !s.persistent() {
-            wills.extend(will.map(|w| *w));
+            due.wills.extend(will.map(|w| *w));
             if s.stored {
-                self.store.write_detached(vec![WriteOp::DeleteSession {
+                due.then_write.push(WriteOp::DeleteSession {
                     client_id: s.client_id.to_string(),
-                }]);
+                });
             }
             self.end_locked(&mut map, cell, &mut s);
-            return wills;
+            return due;
         }
         s.disconnected_at_ms = Some(now);
         if let Some(mut w) = will {
             w.msg.expires_at =
                 crate::message::expiry_from(w.expiry_interval, self.config.max_message_expiry, now);
             if w.delay == 0 {
-                wills.push(*w);
+                due.wills.push(*w);
             } else {
                 let (gen_id, after) = self.hold_will(&mut s, w, now);
                 crate::will::schedule(self, s.client_id.clone(), cell.clone(), gen_id, after);
@@ -521,12 +542,11 @@ impl Shared {
         self.file_expiry(cell, &mut s);
         s.stored = true;
         // With the pending will, so that a restart still publishes it when it falls due.
-        self.store
-            .write_detached(vec![WriteOp::PutSession(session_record(
-                &s,
-                Some((now / 1000) as i64),
-            ))]);
-        wills
+        due.then_write.push(WriteOp::PutSession(session_record(
+            &s,
+            Some((now / 1000) as i64),
+        )));
+        due
     }
 
     /// Holds `will`, whose connection closed at `closed_ms`, on `s` until its delay (at most
@@ -543,29 +563,29 @@ impl Shared {
     }
 
     /// Takes the pending will of an offline session whose delay has ended (`gen_id`: only
-    /// that one, if given), and stores the session without it so that a restart does not
-    /// publish it again.
-    pub(crate) fn take_due_will(&self, s: &mut Session, gen_id: Option<u64>) -> Option<Will> {
+    /// that one, if given) into `due`, with the write that stores the session without it (so
+    /// that a restart does not publish it again).
+    pub(crate) fn take_due_will(&self, s: &mut Session, gen_id: Option<u64>, due: &mut DueWills) {
         let ours = s
             .pending_will
             .as_ref()
             .is_some_and(|p| gen_id.is_none_or(|g| g == p.gen_id));
-        if !ours {
-            return None;
-        }
-        let pending = s.pending_will.take()?;
+        let Some(pending) = s.pending_will.take().filter(|_| ours) else {
+            return;
+        };
         if s.stored {
             let at = s.disconnected_at_ms.map(|ms| (ms / 1000) as i64);
-            self.store
-                .write_detached(vec![WriteOp::PutSession(session_record(s, at))]);
+            due.then_write
+                .push(WriteOp::PutSession(session_record(s, at)));
         }
-        Some(*pending.will)
+        due.wills.push(*pending.will);
     }
 
-    /// Ends offline sessions whose expiry has passed; returns their pending wills.
-    pub(crate) fn sweep(&self) -> Vec<Will> {
+    /// Ends offline sessions whose expiry has passed; returns their pending wills (and the
+    /// writes that forget them).
+    pub(crate) fn sweep(&self) -> DueWills {
         let now = self.clock.now_ms();
-        let mut wills = Vec::new();
+        let mut due_wills = DueWills::default();
         let due: Vec<Arc<SessionCell>> = {
             let mut expiring = self.expiring.lock();
             let later = expiring.split_off(&(now + 1, 0));
@@ -574,7 +594,7 @@ impl Shared {
                 .collect()
         };
         if due.is_empty() {
-            return wills;
+            return due_wills;
         }
         let mut map = self.sessions.lock();
         for cell in due {
@@ -588,7 +608,7 @@ impl Shared {
             if s.pending_will.as_ref().is_some_and(|p| p.due_ms <= now) {
                 // Normally published by its own timer; this one was restored after a restart
                 // (or the timer could not be set).
-                wills.extend(self.take_due_will(&mut s, None));
+                self.take_due_will(&mut s, None, &mut due_wills);
             }
             let Some(due) = s.expiry_due_ms() else {
                 continue;
@@ -598,20 +618,24 @@ impl Shared {
                 continue;
             }
             tracing::debug!(client_id = %s.client_id, "session expired");
-            wills.extend(s.pending_will.take().map(|p| *p.will));
+            due_wills
+                .wills
+                .extend(s.pending_will.take().map(|p| *p.will));
             if s.stored {
-                self.store.write_detached(vec![WriteOp::DeleteSession {
+                due_wills.then_write.push(WriteOp::DeleteSession {
                     client_id: s.client_id.to_string(),
-                }]);
+                });
             }
             self.end_locked(&mut map, &cell, &mut s);
         }
-        wills
+        due_wills
     }
 
     /// Restores persistent sessions (with their pending wills) and retained messages from the
-    /// store; returns the wills of sessions that ended while thingd was down.
-    pub(crate) fn restore(&self) -> Result<Vec<Will>, thingd_store::StoreError> {
+    /// store; returns the wills of sessions that ended while thingd was down (a clean
+    /// session's row exists only for its will, and ended with its connection), with the
+    /// writes that clean up after them.
+    pub(crate) fn restore(&self) -> Result<DueWills, thingd_store::StoreError> {
         let now = self.clock.now_ms();
         let mut detached = Vec::new();
         let mut ended_wills = Vec::new();
@@ -753,9 +777,9 @@ impl Shared {
             }
         }
         metrics::sessions(self.sessions.lock().len());
-        if !detached.is_empty() {
-            self.store.write_detached(detached);
-        }
-        Ok(ended_wills)
+        Ok(DueWills {
+            wills: ended_wills,
+            then_write: detached,
+        })
     }
 }

@@ -339,6 +339,9 @@ async fn accept(
         })
     });
     let attached = shared.attach(&client_id, c.protocol, c.clean_start, expiry, link, will);
+    // The wills of a replaced connection or an ended session go out before the write that
+    // forgets them (see `DueWills`).
+    shared.publish_wills(attached.wills);
     if !attached.store_ops.is_empty()
         && let Err(e) = shared.store.write(attached.store_ops).await
     {
@@ -379,7 +382,6 @@ async fn accept(
         wbuf.extend_from_slice(f);
     }
     // CONNACK and the redeliveries are written by the connection loop.
-    shared.publish_wills(attached.wills);
     metrics::connection_opened();
     tracing::info!(
         client_id = %client_id,

@@ -648,7 +648,7 @@ impl Conn {
                 self.push_ack(PubRespKind::PubRec, pid, ReasonCode::Success, None);
                 return Ok(());
             }
-            if s.stored {
+            if s.stored && s.persistent() {
                 let mut fx = self.shared.effects();
                 fx.durable
                     .push(WriteOp::PutSession(session_record(&s, None)));
@@ -744,7 +744,7 @@ impl Conn {
                     // A persistent session forgets the id in the store before PUBCOMP: an id
                     // remembered after a restart would make the client's next message with it
                     // look like a retransmission, and be dropped.
-                    if known && s.stored {
+                    if known && s.stored && s.persistent() {
                         fx.durable
                             .push(WriteOp::PutSession(session_record(&s, None)));
                     }
@@ -1046,8 +1046,8 @@ impl Conn {
         // Detach before the socket closes: a client that sees the close and publishes at
         // once must find its messages queued in the session, not in this dead connection.
         let with_will = !matches!(end, End::Normal | End::TakenOver);
-        let wills = self.shared.detach(&self.cell, self.conn_id, with_will);
-        self.shared.publish_wills(wills);
+        let due = self.shared.detach(&self.cell, self.conn_id, with_will);
+        self.shared.publish_due(due);
         if !self.wbuf.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 let _ = stream.write_all(&self.wbuf).await;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::broker::Shared;
+use crate::broker::{DueWills, Shared};
 use crate::message::AppMsg;
 use crate::reserved;
 use crate::session::{SessionCell, Will};
@@ -53,6 +53,15 @@ impl Shared {
             self.publish_will(w);
         }
     }
+
+    /// Publishes due wills, then submits the writes that forget them (in that order: see
+    /// `DueWills`).
+    pub(crate) fn publish_due(&self, due: DueWills) {
+        self.publish_wills(due.wills);
+        if !due.then_write.is_empty() {
+            self.store.write_detached(due.then_write);
+        }
+    }
 }
 
 /// Publishes the pending will `gen_id` of `cell` after `secs`, unless it was cancelled
@@ -73,11 +82,12 @@ pub(crate) fn schedule(
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        let will = shared.take_due_will(&mut cell.lock(), Some(gen_id));
-        if let Some(w) = will {
+        let mut due = DueWills::default();
+        shared.take_due_will(&mut cell.lock(), Some(gen_id), &mut due);
+        if !due.wills.is_empty() {
             tracing::debug!(client_id = %client_id, "will delay elapsed");
-            shared.publish_will(w);
         }
+        shared.publish_due(due);
     });
 }
 
@@ -102,8 +112,8 @@ pub(crate) fn start_sweeper(shared: &Arc<Shared>) {
             if shared.shutdown.is_cancelled() {
                 return;
             }
-            let wills = shared.sweep();
-            shared.publish_wills(wills);
+            let due = shared.sweep();
+            shared.publish_due(due);
         }
     });
 }

@@ -2004,3 +2004,84 @@ async fn a_will_the_policy_refuses_is_not_published_after_a_crash() {
     let mut watcher = resume_on(&broker, "watcher").await;
     watcher.expect_nothing().await;
 }
+
+/// A clean session (3.1.1 cleanSession=1, or MQTT 5 without session expiry) with a Will
+/// `wills/<id>` (QoS 1, `delay` seconds, which a clean session cuts to none).
+async fn connect_clean_with_will(
+    h: &Harness,
+    version: thingd_mqtt::ProtocolVersion,
+    id: &str,
+) -> Client {
+    let mut c = h.stream(None);
+    let mut p = connect_packet(version, id, true);
+    let mut w = will(&format!("wills/{id}"), b"offline", QoS::AtLeastOnce, false);
+    if version == V5 {
+        w.properties.will_delay_interval = Some(30);
+    }
+    p.will = Some(w);
+    assert_eq!(c.connect(p).await.reason, ReasonCode::Success);
+    c
+}
+
+/// A clean session's Will is not lost with the process: the connection a crash cut off was
+/// lost without DISCONNECT, so the restarted broker publishes its Will (once: a second crash
+/// does not bring it back). Real presence tracking ("device/+/status" = "offline") relies on it.
+#[tokio::test]
+async fn the_will_of_a_clean_session_cut_off_by_a_crash_is_published() {
+    let h = Harness::new();
+    will_watcher(&h).await;
+    // Held open (the first broker never sees them close) until the end.
+    let _v3 = connect_clean_with_will(&h, V3, "clean-v3").await;
+    let _v5 = connect_clean_with_will(&h, V5, "clean-v5").await;
+    let broker = broker_after_crash(&h);
+    let mut watcher = resume_on(&broker, "watcher").await;
+    let mut topics = Vec::new();
+    for _ in 0..2 {
+        let got = watcher.receive().await;
+        assert_eq!(&got.payload[..], b"offline");
+        topics.push(got.topic.to_string());
+    }
+    topics.sort();
+    assert_eq!(topics, ["wills/clean-v3", "wills/clean-v5"]);
+    watcher.expect_nothing().await;
+    drop(watcher);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let broker = broker_after_crash(&h);
+    let mut watcher = resume_on(&broker, "watcher").await;
+    watcher.expect_nothing().await;
+}
+
+/// What a clean session stores for its Will goes when the Will does: a client that leaves
+/// with DISCONNECT (which discards the Will), one whose connection drops (the Will goes out
+/// then), and one without a Will leave nothing for a later crash to publish — and no row.
+#[tokio::test]
+async fn a_clean_sessions_will_is_forgotten_when_its_connection_ends() {
+    let h = Harness::new();
+    will_watcher(&h).await;
+    let leaving = connect_clean_with_will(&h, V5, "leaving").await;
+    let dropping = connect_clean_with_will(&h, V3, "dropping").await;
+    let _plain = h.client(V3, "no-will").await;
+    let rows = |h: &Harness| {
+        h.store
+            .sessions()
+            .expect("sessions")
+            .into_iter()
+            .map(|r| r.client_id)
+            .filter(|id| id != "watcher")
+            .collect::<Vec<_>>()
+    };
+    let mut stored = rows(&h);
+    stored.sort();
+    assert_eq!(stored, ["dropping", "leaving"]);
+
+    leaving.disconnect().await;
+    drop(dropping);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rows(&h), Vec::<String>::new());
+    // The dropped connection's Will went out once, then.
+    let broker = broker_after_crash(&h);
+    let mut watcher = resume_on(&broker, "watcher").await;
+    assert_eq!(watcher.receive().await.topic.as_str(), "wills/dropping");
+    watcher.expect_nothing().await;
+}
