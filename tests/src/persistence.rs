@@ -563,3 +563,119 @@ fn a_clean_devices_retained_will_marks_it_offline_after_kill9() {
     );
     drop(device);
 }
+
+/// Presence kept from lifecycle events, across kill -9. A watcher follows two devices'
+/// `$aws/events/presence/...` topics from a persistent session. One device leaves with
+/// DISCONNECT before the crash, the other is connected when thingd is killed: after the
+/// restart the watcher gets that one's disconnected event — `SERVER_ERROR`, the session
+/// identifier and version number of its connected event — and nothing more about the first;
+/// the device's next connection numbers on from the lost one (a consumer ordering events by
+/// `versionNumber` would otherwise drop it).
+#[test]
+fn a_device_connected_at_kill9_is_reported_disconnected_after_the_restart() {
+    use crate::raw_protocol::{Connect, DISCONNECT, RawClient};
+
+    let mut env = env();
+    let watcher = presence_watcher();
+    let filters = [
+        ("$aws/events/presence/+/sensor-3", 1),
+        ("$aws/events/presence/+/leaves-early", 1),
+    ];
+    let (device, connected) = step(async {
+        let (mut w, _) = RawClient::connect_at(env.server.mqtts, &env.device, &watcher).await?;
+        assert_eq!(w.subscribe(true, 1, &[], &filters).await?, vec![1, 1]);
+        let early = Connect::v311("leaves-early");
+        let (mut early, _) = RawClient::connect_at(env.server.mqtts, &env.device, &early).await?;
+        let (topic, _) = next_event(&mut w).await?;
+        assert_eq!(topic, "$aws/events/presence/connected/leaves-early");
+        early.send(&DISCONNECT).await?;
+        let (topic, off) = next_event(&mut w).await?;
+        assert_eq!(topic, "$aws/events/presence/disconnected/leaves-early");
+        assert_eq!(off["disconnectReason"], "CLIENT_INITIATED_DISCONNECT");
+        let sensor = Connect::v311("sensor-3");
+        let (device, _) = RawClient::connect_at(env.server.mqtts, &env.device, &sensor).await?;
+        let (topic, on) = next_event(&mut w).await?;
+        assert_eq!(topic, "$aws/events/presence/connected/sensor-3");
+        anyhow::Ok((device, on))
+    });
+    // Time for the first device's record to be deleted (a detached write, committed within
+    // milliseconds).
+    std::thread::sleep(Duration::from_millis(300));
+
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+    drop(device);
+    step(async {
+        let mut w = resume_raw(env.server.mqtts, &env.device, &watcher).await?;
+        let (topic, off) = next_event(&mut w).await?;
+        assert_eq!(topic, "$aws/events/presence/disconnected/sensor-3");
+        assert_eq!(off["eventType"], "disconnected");
+        assert_eq!(off["disconnectReason"], "SERVER_ERROR");
+        assert_eq!(off["clientInitiatedDisconnect"], false);
+        for field in ["sessionIdentifier", "versionNumber", "principalIdentifier"] {
+            assert_eq!(off[field], connected[field], "{field}");
+        }
+        let sensor = Connect::v311("sensor-3");
+        let (_back, _) = RawClient::connect_at(env.server.mqtts, &env.device, &sensor).await?;
+        let (topic, on) = next_event(&mut w).await?;
+        assert_eq!(topic, "$aws/events/presence/connected/sensor-3");
+        assert_eq!(
+            on["versionNumber"].as_u64(),
+            connected["versionNumber"].as_u64().map(|v| v + 1)
+        );
+        w.expect_silence().await?;
+        anyhow::Ok(())
+    });
+}
+
+/// A persistent MQTT 5 session (kept ten minutes) that follows lifecycle events.
+fn presence_watcher() -> crate::raw_protocol::Connect {
+    use crate::raw_protocol::{Connect, prop};
+    Connect {
+        clean: false,
+        props: prop::u32(0x11, 600),
+        ..Connect::v5("presence-watcher")
+    }
+}
+
+/// The next lifecycle event `w` gets, acknowledged: its topic and JSON payload.
+async fn next_event(w: &mut crate::raw_protocol::RawClient) -> anyhow::Result<(String, Value)> {
+    use crate::raw_protocol::{PUBACK, ack};
+    let got = w.expect_publish(true).await?;
+    w.send(&ack(PUBACK, got.pkid)).await?;
+    Ok((got.topic, serde_json::from_slice(&got.payload)?))
+}
+
+/// A graceful stop (SIGTERM) closes every connection itself: their disconnected events go
+/// out then (`SERVER_INITIATED_DISCONNECT`, queued for a persistent watcher), and the next
+/// start does not report them a second time as lost with the process.
+#[test]
+fn a_sigterm_reports_each_disconnect_once() {
+    use crate::raw_protocol::{Connect, RawClient};
+
+    let mut env = env();
+    let watcher = presence_watcher();
+    let device = step(async {
+        let (mut w, _) = RawClient::connect_at(env.server.mqtts, &env.device, &watcher).await?;
+        let filters = [("$aws/events/presence/+/sensor-4", 1)];
+        assert_eq!(w.subscribe(true, 1, &[], &filters).await?, vec![1]);
+        let sensor = Connect::v311("sensor-4");
+        let (device, _) = RawClient::connect_at(env.server.mqtts, &env.device, &sensor).await?;
+        let (topic, _) = next_event(&mut w).await?;
+        assert_eq!(topic, "$aws/events/presence/connected/sensor-4");
+        drop(w);
+        anyhow::Ok(device)
+    });
+    env.server.terminate().expect("thingd stops on SIGTERM");
+    drop(device);
+    env.server.restart().expect("thingd starts again");
+    step(async {
+        let mut w = resume_raw(env.server.mqtts, &env.device, &watcher).await?;
+        let (topic, off) = next_event(&mut w).await?;
+        assert_eq!(topic, "$aws/events/presence/disconnected/sensor-4");
+        assert_eq!(off["disconnectReason"], "SERVER_INITIATED_DISCONNECT");
+        w.expect_silence().await?;
+        anyhow::Ok(())
+    });
+}

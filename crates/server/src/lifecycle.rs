@@ -3,6 +3,11 @@
 //! `$aws/events/presence/{connected,disconnected}/<clientId>` and
 //! `$aws/events/subscriptions/{subscribed,unsubscribed}/<clientId>` through an in-process
 //! client, so devices and rules subscribe to them like any topic.
+//!
+//! A connection whose disconnected event someone subscribes to when it connects is recorded
+//! in the store until that event is published: when the process dies first (kill -9, a
+//! crash), the next start publishes it with `disconnectReason` `SERVER_ERROR`, so presence
+//! kept from these events does not show a device online for ever.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use thingd_broker::{Broker, BrokerEvent};
 use thingd_mqtt::QoS;
+use thingd_store::{LiveConnection, Store, WriteOp};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +48,8 @@ struct Open {
     version: u64,
     /// Made when an event of the connection is first published: one nobody saw needs none.
     session: Option<String>,
+    /// Recorded in the store until its disconnected event is published.
+    followed: bool,
 }
 
 impl Versions {
@@ -62,9 +70,40 @@ impl Versions {
                 client_id: client_id.clone(),
                 version,
                 session: None,
+                followed: false,
             },
         );
         version
+    }
+
+    /// Marks a live connection as recorded in the store; its version and session
+    /// identifier, for the record.
+    fn follow(&mut self, connection_id: u64) -> Option<(u64, String)> {
+        let open = self.open.get_mut(&connection_id)?;
+        open.followed = true;
+        Some(self.of(connection_id))
+    }
+
+    /// The session identifier of a live connection recorded in the store.
+    fn followed(&self, connection_id: u64) -> Option<String> {
+        self.open
+            .get(&connection_id)
+            .filter(|open| open.followed)
+            .and_then(|open| open.session.clone())
+    }
+
+    /// Carries on the numbering of `client_id` after version `version` of a previous run,
+    /// whose connection is gone.
+    fn continue_after(&mut self, client_id: &str, version: u64, now: Instant) {
+        let client = self.clients.entry(Arc::from(client_id)).or_insert(Client {
+            next_version: 0,
+            connections: 0,
+            idle_since: None,
+        });
+        client.next_version = client.next_version.max(version + 1);
+        if client.connections == 0 {
+            client.idle_since = Some(now);
+        }
     }
 
     /// The version and session identifier of a live connection (the nil session for one
@@ -125,14 +164,17 @@ impl Versions {
     }
 }
 
-/// Starts publishing the broker's events until `shutdown`. Subscribes to them before it
-/// returns, so no connection made afterwards is missed. Call inside a tokio runtime.
+/// Starts publishing the broker's events until `shutdown`, and the events already raised by
+/// then (cancel it after the broker closed its connections, and their disconnected events go
+/// out). Subscribes to them before it returns, so no connection made afterwards is missed.
+/// Call inside a tokio runtime.
 pub fn start(
     broker: &Broker,
+    store: Store,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let events = broker.events();
-    publish_lifecycle_events(events, broker.clone(), shutdown)
+    publish_lifecycle_events(events, broker.clone(), store, shutdown)
 }
 
 /// Publishes each event straight into the broker (QoS 1, in event order), without waiting
@@ -140,19 +182,23 @@ pub fn start(
 async fn publish_lifecycle_events(
     mut events: tokio::sync::broadcast::Receiver<BrokerEvent>,
     broker: Broker,
+    store: Store,
     shutdown: CancellationToken,
 ) {
     let mut versions = Versions::default();
+    report_connections_gone_with_the_process(&broker, &store, &mut versions).await;
     let mut forget = tokio::time::interval(Duration::from_secs(60));
     forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
+            // Every event raised before the stop is handled first.
+            biased;
+            event = events.recv() => event,
             _ = shutdown.cancelled() => return,
             _ = forget.tick() => {
                 versions.forget_idle(Instant::now());
                 continue;
             }
-            event = events.recv() => event,
         };
         let event = match event {
             Ok(event) => event,
@@ -165,24 +211,159 @@ async fn publish_lifecycle_events(
             }
             Err(RecvError::Closed) => return,
         };
-        // Nobody listening (the usual case): keep the per-client numbering, skip the JSON.
-        if let Some(topic) = topic_of(&event)
-            && !broker.has_subscribers(&topic)
-        {
-            versions.record(&event, Instant::now());
-            continue;
+        let recorded = match &event {
+            BrokerEvent::Disconnected { connection_id, .. } => versions.followed(*connection_id),
+            _ => None,
+        };
+        publish_event(&broker, &event, &mut versions);
+        // Forgotten after its disconnected event went out (a crash in between reports it
+        // again at the next start rather than never).
+        if let Some(session_identifier) = recorded {
+            store.write_detached(vec![WriteOp::DeleteLiveConnection { session_identifier }]);
         }
-        if let Some((topic, payload)) = render(&event, &mut versions, now_ms(), Instant::now())
-            && let Err(reason) = broker.publish(
-                topic.clone(),
-                bytes::Bytes::from(payload.to_string()),
-                QoS::AtLeastOnce,
-                false,
-            )
+        if let BrokerEvent::Connected {
+            client_id,
+            principal,
+            connection_id,
+            ..
+        } = &event
         {
-            tracing::warn!(?reason, topic, "publishing a lifecycle event failed");
+            follow_if_watched(
+                &broker,
+                &store,
+                &mut versions,
+                client_id,
+                principal,
+                *connection_id,
+            );
         }
     }
+}
+
+/// Publishes one event, or only keeps its numbering when nobody is listening (the usual
+/// case: no JSON is made).
+fn publish_event(broker: &Broker, event: &BrokerEvent, versions: &mut Versions) {
+    if let Some(topic) = topic_of(event)
+        && !broker.has_subscribers(&topic)
+    {
+        versions.record(event, Instant::now());
+        return;
+    }
+    if let Some((topic, payload)) = render(event, versions, now_ms(), Instant::now())
+        && let Err(reason) = broker.publish(
+            topic.clone(),
+            bytes::Bytes::from(payload.to_string()),
+            QoS::AtLeastOnce,
+            false,
+        )
+    {
+        tracing::warn!(?reason, topic, "publishing a lifecycle event failed");
+    }
+}
+
+/// Records a connection that just connected in the store when its disconnected event has a
+/// subscriber now, so that the event survives the process.
+fn follow_if_watched(
+    broker: &Broker,
+    store: &Store,
+    versions: &mut Versions,
+    client_id: &str,
+    principal: &Option<Arc<str>>,
+    connection_id: u64,
+) {
+    if client_id.contains(['+', '#'])
+        || !broker.has_subscribers(&format!("$aws/events/presence/disconnected/{client_id}"))
+    {
+        return;
+    }
+    let Some((version, session)) = versions.follow(connection_id) else {
+        return;
+    };
+    store.write_detached(vec![WriteOp::PutLiveConnection(LiveConnection {
+        session_identifier: session,
+        client_id: client_id.to_owned(),
+        principal: principal.as_deref().unwrap_or_default().to_owned(),
+        version_number: i64::try_from(version).unwrap_or(i64::MAX),
+    })]);
+}
+
+/// Publishes the disconnected events of the connections the previous process recorded and
+/// never saw end (it was killed, or stopped before their events went out), with
+/// `disconnectReason` `SERVER_ERROR`; their client ids number on from there.
+async fn report_connections_gone_with_the_process(
+    broker: &Broker,
+    store: &Store,
+    versions: &mut Versions,
+) {
+    let reader = store.clone();
+    let gone = match tokio::task::spawn_blocking(move || reader.live_connections()).await {
+        Ok(Ok(gone)) => gone,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the connections open at the last stop");
+            return;
+        }
+        Err(_) => return,
+    };
+    if gone.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let timestamp = now_ms();
+    let mut forget = Vec::with_capacity(gone.len());
+    for live in &gone {
+        let version = u64::try_from(live.version_number).unwrap_or_default();
+        versions.continue_after(&live.client_id, version, now);
+        let topic = format!("$aws/events/presence/disconnected/{}", live.client_id);
+        let payload = disconnected_payload(Disconnected {
+            client_id: &live.client_id,
+            timestamp,
+            session: &live.session_identifier,
+            principal: &live.principal,
+            client_initiated: false,
+            reason: "SERVER_ERROR",
+            version,
+        });
+        if let Err(reason) = broker.publish(
+            topic.clone(),
+            bytes::Bytes::from(payload.to_string()),
+            QoS::AtLeastOnce,
+            false,
+        ) {
+            tracing::warn!(?reason, topic, "publishing a lifecycle event failed");
+        }
+        forget.push(WriteOp::DeleteLiveConnection {
+            session_identifier: live.session_identifier.clone(),
+        });
+    }
+    store.write_detached(forget);
+    tracing::info!(
+        count = gone.len(),
+        "published the disconnected events of connections open when thingd last stopped"
+    );
+}
+
+/// The fields of a disconnected event.
+struct Disconnected<'a> {
+    client_id: &'a str,
+    timestamp: u64,
+    session: &'a str,
+    principal: &'a str,
+    client_initiated: bool,
+    reason: &'a str,
+    version: u64,
+}
+
+fn disconnected_payload(d: Disconnected<'_>) -> serde_json::Value {
+    json!({
+        "clientId": d.client_id,
+        "timestamp": d.timestamp,
+        "eventType": "disconnected",
+        "sessionIdentifier": d.session,
+        "principalIdentifier": d.principal,
+        "clientInitiatedDisconnect": d.client_initiated,
+        "disconnectReason": d.reason,
+        "versionNumber": d.version,
+    })
 }
 
 fn now_ms() -> u64 {
@@ -253,15 +434,14 @@ fn render(
             let (version, session) = versions.disconnected(*connection_id, now, true);
             (
                 topic,
-                json!({
-                    "clientId": client_id.as_ref(),
-                    "timestamp": timestamp,
-                    "eventType": "disconnected",
-                    "sessionIdentifier": session,
-                    "principalIdentifier": principal(p),
-                    "clientInitiatedDisconnect": *cause == thingd_broker::DisconnectCause::ClientInitiated,
-                    "disconnectReason": cause.aws_reason(),
-                    "versionNumber": version,
+                disconnected_payload(Disconnected {
+                    client_id,
+                    timestamp,
+                    session: &session,
+                    principal: &principal(p),
+                    client_initiated: *cause == thingd_broker::DisconnectCause::ClientInitiated,
+                    reason: cause.aws_reason(),
+                    version,
                 }),
             )
         }
@@ -434,6 +614,24 @@ mod tests {
         assert_eq!(session.len(), 32);
         assert_ne!(session, uuid::Uuid::nil().simple().to_string());
         assert_eq!(off["sessionIdentifier"], sub["sessionIdentifier"]);
+    }
+
+    /// A connection recorded in the store is known as such until it closes; a client id
+    /// whose connection the previous process lost numbers on after it.
+    #[test]
+    fn followed_connections_and_numbering_after_a_restart() {
+        let mut versions = Versions::default();
+        let dev: Arc<str> = Arc::from("dev1");
+        versions.continue_after("dev1", 4, Instant::now());
+        assert_eq!(versions.connected(&dev, 1), 5);
+        assert_eq!(versions.followed(1), None);
+        let (version, session) = versions.follow(1).expect("a live connection");
+        assert_eq!(version, 5);
+        assert_eq!(versions.followed(1).as_deref(), Some(session.as_str()));
+        // The disconnected event carries the recorded session identifier.
+        assert_eq!(versions.disconnected(1, Instant::now(), true), (5, session));
+        assert_eq!(versions.followed(1), None);
+        assert!(versions.follow(2).is_none(), "no such connection");
     }
 
     #[test]

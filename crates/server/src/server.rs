@@ -51,6 +51,9 @@ pub struct RunningServer {
     /// The Device Shadow service (MQTT `$aws/things/+/shadow/...` and the `iot-data` API).
     pub shadows: ShadowService,
     shutdown: CancellationToken,
+    /// Stops the lifecycle events once the broker has closed every connection, so that
+    /// their disconnected events still go out.
+    lifecycle_stop: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -97,7 +100,12 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        tasks.spawn(crate::lifecycle::start(&broker, shutdown.clone()));
+        let lifecycle_stop = CancellationToken::new();
+        tasks.spawn(crate::lifecycle::start(
+            &broker,
+            store.clone(),
+            lifecycle_stop.clone(),
+        ));
         let shadows = ShadowService::start(
             &broker,
             store.clone(),
@@ -120,6 +128,7 @@ impl Server {
             store: store.clone(),
             shadows: shadows.clone(),
             shutdown: shutdown.clone(),
+            lifecycle_stop,
             tasks: tasks.clone(),
         };
 
@@ -292,6 +301,7 @@ impl RunningServer {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.broker.shutdown().await;
+        self.lifecycle_stop.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
         let store = self.store.clone();

@@ -133,6 +133,14 @@ pub enum WriteOp {
         /// The topic.
         topic: String,
     },
+    /// Record a live connection whose disconnect must be reported even if the process dies
+    /// (replaces one with the same session identifier).
+    PutLiveConnection(LiveConnection),
+    /// Forget a live connection (no error if it is not recorded).
+    DeleteLiveConnection {
+        /// Its session identifier.
+        session_identifier: String,
+    },
 }
 
 /// Counters describing the writer's work since the store was opened (by this handle's
@@ -406,6 +414,12 @@ impl Store {
     /// The queued messages of one session, in `seq` order.
     pub fn messages(&self, client_id: &str) -> Result<Vec<QueuedMessage>, StoreError> {
         sqlite::messages(&self.shared.reader.lock(), client_id)
+    }
+
+    /// The recorded live connections (`WriteOp::PutLiveConnection`), by client id and
+    /// version.
+    pub fn live_connections(&self) -> Result<Vec<LiveConnection>, StoreError> {
+        sqlite::live_connections(&self.shared.reader.lock())
     }
 
     /// All retained messages, ordered by topic.

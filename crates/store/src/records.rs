@@ -19,6 +19,19 @@ pub struct CertificateRecord {
     pub updated_at: i64,
 }
 
+/// A connection whose lifecycle events are being followed (see `WriteOp::PutLiveConnection`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConnection {
+    /// The `sessionIdentifier` of its lifecycle events (unique per connection).
+    pub session_identifier: String,
+    /// The client id.
+    pub client_id: String,
+    /// The `principalIdentifier` of its events.
+    pub principal: String,
+    /// The `versionNumber` of its events.
+    pub version_number: i64,
+}
+
 /// A persistent MQTT session as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {

@@ -7,8 +7,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use thingd_model::{CertificateId, CertificateStatus};
 
 use crate::{
-    CertificateRecord, CertificateStatusChanges, CertificateStatusEntry, QueuedMessage,
-    SessionRecord, StoreError,
+    CertificateRecord, CertificateStatusChanges, CertificateStatusEntry, LiveConnection,
+    QueuedMessage, SessionRecord, StoreError,
 };
 
 /// How long a connection waits for another connection's (or process's) write lock before
@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_registry_security.sql")),
     (5, include_str!("migrations/0005_shadows.sql")),
     (6, include_str!("migrations/0006_released_messages.sql")),
+    (7, include_str!("migrations/0007_live_connections.sql")),
 ];
 
 /// Pragmas every connection gets.
@@ -230,6 +231,22 @@ pub(crate) fn sessions(conn: &Connection) -> Result<Vec<SessionRecord>, StoreErr
             expiry_interval: row.get(2)?,
             disconnected_at: row.get(3)?,
             state: row.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(crate) fn live_connections(conn: &Connection) -> Result<Vec<LiveConnection>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT session_identifier, client_id, principal, version_number
+         FROM live_connections ORDER BY client_id, version_number",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok(LiveConnection {
+            session_identifier: row.get(0)?,
+            client_id: row.get(1)?,
+            principal: row.get(2)?,
+            version_number: row.get(3)?,
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -319,6 +319,25 @@ fn apply(
             ])?;
             Ok(())
         }
+        WriteOp::PutLiveConnection(live) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO live_connections
+                     (session_identifier, client_id, principal, version_number)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(rusqlite::params![
+                live.session_identifier,
+                live.client_id,
+                live.principal,
+                live.version_number,
+            ])?;
+            Ok(())
+        }
+        WriteOp::DeleteLiveConnection { session_identifier } => {
+            conn.prepare_cached("DELETE FROM live_connections WHERE session_identifier = ?1")?
+                .execute([session_identifier])?;
+            Ok(())
+        }
         WriteOp::DeleteSession { client_id } => {
             tombstones.forget_session(client_id);
             // The foreign key's ON DELETE CASCADE removes the queued messages.

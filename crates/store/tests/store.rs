@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thingd_model::{CertificateId, CertificateStatus};
-use thingd_store::{CertificateRecord, SessionRecord, Store, StoreError, WriteOp};
+use thingd_store::{CertificateRecord, LiveConnection, SessionRecord, Store, StoreError, WriteOp};
 
 fn db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -363,6 +363,51 @@ fn retained_ops() {
     assert_eq!(
         store.retained().unwrap(),
         vec![("b/1".to_owned(), b"one".to_vec())]
+    );
+}
+
+#[test]
+fn live_connections_are_recorded_replaced_and_forgotten_across_a_reopen() {
+    let (_dir, path) = db();
+    let live = |session: &str, client: &str, version| {
+        WriteOp::PutLiveConnection(LiveConnection {
+            session_identifier: session.to_owned(),
+            client_id: client.to_owned(),
+            principal: "cert-1".to_owned(),
+            version_number: version,
+        })
+    };
+    {
+        let store = open(&path);
+        store
+            .write_blocking(vec![
+                live("s2", "dev-b", 0),
+                live("s1", "dev-a", 3),
+                live("s3", "dev-a", 4),
+                live("s1", "dev-a", 3),
+                WriteOp::DeleteLiveConnection {
+                    session_identifier: "s3".to_owned(),
+                },
+                WriteOp::DeleteLiveConnection {
+                    session_identifier: "never".to_owned(),
+                },
+            ])
+            .unwrap();
+        store.close();
+    }
+    let store = open(&path);
+    let found: Vec<(String, String, i64)> = store
+        .live_connections()
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.session_identifier, l.client_id, l.version_number))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("s1".to_owned(), "dev-a".to_owned(), 3),
+            ("s2".to_owned(), "dev-b".to_owned(), 0)
+        ]
     );
 }
 
