@@ -105,14 +105,14 @@ fn needs_row(s: &Session) -> bool {
             .is_some_and(|w| w.policy.can_publish(&w.msg.topic, w.msg.retain))
 }
 
-/// Wills to publish now, and the store writes that forget them (a row deleted, or rewritten
-/// without its pending will). The writes go after the wills' own (a retained will, copies
-/// for persistent subscribers): a crash between the two publishes a will again after the
-/// restart, rather than never.
-#[derive(Default)]
-pub(crate) struct DueWills {
+/// What `restore` found: the wills of sessions that ended while thingd was down, and the
+/// store writes that clean up after them, to submit once the wills are published (their own
+/// writes first: a crash in between publishes a will again, rather than never). Nothing else
+/// writes while thingd starts; on a running broker a session's row is written under its lock
+/// instead, so that writes for one client id keep the order of its changes.
+pub(crate) struct Restored {
     pub(crate) wills: Vec<Will>,
-    pub(crate) then_write: Vec<WriteOp>,
+    pub(crate) cleanup: Vec<WriteOp>,
 }
 
 /// What `attach` hands back to the connection.
@@ -501,39 +501,39 @@ impl Shared {
     }
 
     /// A connection has closed. Ends its session or keeps it offline; returns the wills to
-    /// publish now and the writes that follow them. Nothing happens when `conn_id` is no
-    /// longer the session's connection.
+    /// publish now. Nothing happens when `conn_id` is no longer the session's connection.
     pub(crate) fn detach(
         self: &Arc<Self>,
         cell: &Arc<SessionCell>,
         conn_id: u64,
         with_will: bool,
-    ) -> DueWills {
-        let mut due = DueWills::default();
+    ) -> Vec<Will> {
+        let mut wills = Vec::new();
         let mut map = self.sessions.lock();
         let mut s = cell.lock();
         if !s.is_current(conn_id) {
-            return due;
+            return wills;
         }
         s.conn = None;
         let will = s.will.take().filter(|_| with_will);
         let now = self.clock.now_ms();
         if !s.persistent() {
-            due.wills.extend(will.map(|w| *w));
+            wills.extend(will.map(|w| *w));
+            // A clean session's row (kept for its will) goes with it.
             if s.stored {
-                due.then_write.push(WriteOp::DeleteSession {
+                self.store.write_detached(vec![WriteOp::DeleteSession {
                     client_id: s.client_id.to_string(),
-                });
+                }]);
             }
             self.end_locked(&mut map, cell, &mut s);
-            return due;
+            return wills;
         }
         s.disconnected_at_ms = Some(now);
         if let Some(mut w) = will {
             w.msg.expires_at =
                 crate::message::expiry_from(w.expiry_interval, self.config.max_message_expiry, now);
             if w.delay == 0 {
-                due.wills.push(*w);
+                wills.push(*w);
             } else {
                 let (gen_id, after) = self.hold_will(&mut s, w, now);
                 crate::will::schedule(self, s.client_id.clone(), cell.clone(), gen_id, after);
@@ -542,11 +542,12 @@ impl Shared {
         self.file_expiry(cell, &mut s);
         s.stored = true;
         // With the pending will, so that a restart still publishes it when it falls due.
-        due.then_write.push(WriteOp::PutSession(session_record(
-            &s,
-            Some((now / 1000) as i64),
-        )));
-        due
+        self.store
+            .write_detached(vec![WriteOp::PutSession(session_record(
+                &s,
+                Some((now / 1000) as i64),
+            ))]);
+        wills
     }
 
     /// Holds `will`, whose connection closed at `closed_ms`, on `s` until its delay (at most
@@ -563,29 +564,29 @@ impl Shared {
     }
 
     /// Takes the pending will of an offline session whose delay has ended (`gen_id`: only
-    /// that one, if given) into `due`, with the write that stores the session without it (so
-    /// that a restart does not publish it again).
-    pub(crate) fn take_due_will(&self, s: &mut Session, gen_id: Option<u64>, due: &mut DueWills) {
+    /// that one, if given), and stores the session without it so that a restart does not
+    /// publish it again.
+    pub(crate) fn take_due_will(&self, s: &mut Session, gen_id: Option<u64>) -> Option<Will> {
         let ours = s
             .pending_will
             .as_ref()
             .is_some_and(|p| gen_id.is_none_or(|g| g == p.gen_id));
-        let Some(pending) = s.pending_will.take().filter(|_| ours) else {
-            return;
-        };
+        if !ours {
+            return None;
+        }
+        let pending = s.pending_will.take()?;
         if s.stored {
             let at = s.disconnected_at_ms.map(|ms| (ms / 1000) as i64);
-            due.then_write
-                .push(WriteOp::PutSession(session_record(s, at)));
+            self.store
+                .write_detached(vec![WriteOp::PutSession(session_record(s, at))]);
         }
-        due.wills.push(*pending.will);
+        Some(*pending.will)
     }
 
-    /// Ends offline sessions whose expiry has passed; returns their pending wills (and the
-    /// writes that forget them).
-    pub(crate) fn sweep(&self) -> DueWills {
+    /// Ends offline sessions whose expiry has passed; returns their pending wills.
+    pub(crate) fn sweep(&self) -> Vec<Will> {
         let now = self.clock.now_ms();
-        let mut due_wills = DueWills::default();
+        let mut wills = Vec::new();
         let due: Vec<Arc<SessionCell>> = {
             let mut expiring = self.expiring.lock();
             let later = expiring.split_off(&(now + 1, 0));
@@ -594,7 +595,7 @@ impl Shared {
                 .collect()
         };
         if due.is_empty() {
-            return due_wills;
+            return wills;
         }
         let mut map = self.sessions.lock();
         for cell in due {
@@ -608,7 +609,7 @@ impl Shared {
             if s.pending_will.as_ref().is_some_and(|p| p.due_ms <= now) {
                 // Normally published by its own timer; this one was restored after a restart
                 // (or the timer could not be set).
-                self.take_due_will(&mut s, None, &mut due_wills);
+                wills.extend(self.take_due_will(&mut s, None));
             }
             let Some(due) = s.expiry_due_ms() else {
                 continue;
@@ -618,24 +619,22 @@ impl Shared {
                 continue;
             }
             tracing::debug!(client_id = %s.client_id, "session expired");
-            due_wills
-                .wills
-                .extend(s.pending_will.take().map(|p| *p.will));
+            wills.extend(s.pending_will.take().map(|p| *p.will));
             if s.stored {
-                due_wills.then_write.push(WriteOp::DeleteSession {
+                self.store.write_detached(vec![WriteOp::DeleteSession {
                     client_id: s.client_id.to_string(),
-                });
+                }]);
             }
             self.end_locked(&mut map, &cell, &mut s);
         }
-        due_wills
+        wills
     }
 
     /// Restores persistent sessions (with their pending wills) and retained messages from the
     /// store; returns the wills of sessions that ended while thingd was down (a clean
     /// session's row exists only for its will, and ended with its connection), with the
     /// writes that clean up after them.
-    pub(crate) fn restore(&self) -> Result<DueWills, thingd_store::StoreError> {
+    pub(crate) fn restore(&self) -> Result<Restored, thingd_store::StoreError> {
         let now = self.clock.now_ms();
         let mut detached = Vec::new();
         let mut ended_wills = Vec::new();
@@ -777,9 +776,9 @@ impl Shared {
             }
         }
         metrics::sessions(self.sessions.lock().len());
-        Ok(DueWills {
+        Ok(Restored {
             wills: ended_wills,
-            then_write: detached,
+            cleanup: detached,
         })
     }
 }

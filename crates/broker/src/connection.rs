@@ -1046,8 +1046,8 @@ impl Conn {
         // Detach before the socket closes: a client that sees the close and publishes at
         // once must find its messages queued in the session, not in this dead connection.
         let with_will = !matches!(end, End::Normal | End::TakenOver);
-        let due = self.shared.detach(&self.cell, self.conn_id, with_will);
-        self.shared.publish_due(due);
+        let wills = self.shared.detach(&self.cell, self.conn_id, with_will);
+        self.shared.publish_wills(wills);
         if !self.wbuf.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 let _ = stream.write_all(&self.wbuf).await;

@@ -239,24 +239,22 @@ impl Broker {
         authorizer: Arc<dyn Authorizer>,
     ) -> Result<Broker, thingd_store::StoreError> {
         let shared = Arc::new(broker::Shared::new(config, store, authorizer));
-        let mut due = shared.restore()?;
+        let restored = shared.restore()?;
+        let mut wills = restored.wills;
         if tokio::runtime::Handle::try_current().is_ok() {
             // Wills already due (their sessions ended, their delay ended or their connections
             // were cut off while thingd was down) go out before anyone can resume a session.
-            let swept = shared.sweep();
-            due.wills.extend(swept.wills);
-            due.then_write.extend(swept.then_write);
-            shared.publish_due(due);
-        } else {
-            if !due.wills.is_empty() {
-                tracing::warn!(
-                    count = due.wills.len(),
-                    "wills of sessions that ended while thingd was down not published: no runtime"
-                );
-            }
-            if !due.then_write.is_empty() {
-                shared.store.write_detached(due.then_write);
-            }
+            wills.extend(shared.sweep());
+            shared.publish_wills(wills);
+        } else if !wills.is_empty() {
+            tracing::warn!(
+                count = wills.len(),
+                "wills of sessions that ended while thingd was down not published: no runtime"
+            );
+        }
+        // After the wills' own writes (see `Restored`).
+        if !restored.cleanup.is_empty() {
+            shared.store.write_detached(restored.cleanup);
         }
         will::start_sweeper(&shared);
         Ok(Broker { shared })

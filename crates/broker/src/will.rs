@@ -4,7 +4,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::broker::{DueWills, Shared};
+use crate::broker::Shared;
 use crate::message::AppMsg;
 use crate::reserved;
 use crate::session::{SessionCell, Will};
@@ -53,15 +53,6 @@ impl Shared {
             self.publish_will(w);
         }
     }
-
-    /// Publishes due wills, then submits the writes that forget them (in that order: see
-    /// `DueWills`).
-    pub(crate) fn publish_due(&self, due: DueWills) {
-        self.publish_wills(due.wills);
-        if !due.then_write.is_empty() {
-            self.store.write_detached(due.then_write);
-        }
-    }
 }
 
 /// Publishes the pending will `gen_id` of `cell` after `secs`, unless it was cancelled
@@ -82,12 +73,11 @@ pub(crate) fn schedule(
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        let mut due = DueWills::default();
-        shared.take_due_will(&mut cell.lock(), Some(gen_id), &mut due);
-        if !due.wills.is_empty() {
+        let will = shared.take_due_will(&mut cell.lock(), Some(gen_id));
+        if let Some(w) = will {
             tracing::debug!(client_id = %client_id, "will delay elapsed");
+            shared.publish_will(w);
         }
-        shared.publish_due(due);
     });
 }
 
@@ -112,8 +102,8 @@ pub(crate) fn start_sweeper(shared: &Arc<Shared>) {
             if shared.shutdown.is_cancelled() {
                 return;
             }
-            let due = shared.sweep();
-            shared.publish_due(due);
+            let wills = shared.sweep();
+            shared.publish_wills(wills);
         }
     });
 }
