@@ -340,7 +340,8 @@ async fn accept(
     });
     let attached = shared.attach(&client_id, c.protocol, c.clean_start, expiry, link, will);
     // The wills of a replaced connection or an ended session go out before the write that
-    // forgets them (see `DueWills`).
+    // forgets them: a crash in between publishes a will again after the restart, rather
+    // than never.
     shared.publish_wills(attached.wills);
     if !attached.store_ops.is_empty()
         && let Err(e) = shared.store.write(attached.store_ops).await
