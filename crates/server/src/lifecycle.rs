@@ -35,6 +35,7 @@ struct Versions {
 }
 
 /// A client id's numbering.
+#[derive(Default)]
 struct Client {
     next_version: u64,
     connections: usize,
@@ -55,11 +56,7 @@ struct Open {
 impl Versions {
     /// A connection opened: its version number.
     fn connected(&mut self, client_id: &Arc<str>, connection_id: u64) -> u64 {
-        let client = self.clients.entry(client_id.clone()).or_insert(Client {
-            next_version: 0,
-            connections: 0,
-            idle_since: None,
-        });
+        let client = self.clients.entry(client_id.clone()).or_default();
         let version = client.next_version;
         client.next_version += 1;
         client.connections += 1;
@@ -95,11 +92,7 @@ impl Versions {
     /// Carries on the numbering of `client_id` after version `version` of a previous run,
     /// whose connection is gone.
     fn continue_after(&mut self, client_id: &str, version: u64, now: Instant) {
-        let client = self.clients.entry(Arc::from(client_id)).or_insert(Client {
-            next_version: 0,
-            connections: 0,
-            idle_since: None,
-        });
+        let client = self.clients.entry(Arc::from(client_id)).or_default();
         client.next_version = client.next_version.max(version + 1);
         if client.connections == 0 {
             client.idle_since = Some(now);
@@ -120,13 +113,8 @@ impl Versions {
         }
     }
 
-    /// A connection closed: its version and session identifier, if `rendered`.
-    fn disconnected(&mut self, connection_id: u64, now: Instant, rendered: bool) -> (u64, String) {
-        let found = if rendered {
-            self.of(connection_id)
-        } else {
-            (0, String::new())
-        };
+    /// A connection closed.
+    fn disconnected(&mut self, connection_id: u64, now: Instant) {
         if let Some(open) = self.open.remove(&connection_id)
             && let Some(client) = self.clients.get_mut(&open.client_id)
         {
@@ -135,7 +123,6 @@ impl Versions {
                 client.idle_since = Some(now);
             }
         }
-        found
     }
 
     /// The bookkeeping of `render` for an event that is not published.
@@ -149,7 +136,7 @@ impl Versions {
                 self.connected(client_id, *connection_id);
             }
             BrokerEvent::Disconnected { connection_id, .. } => {
-                self.disconnected(*connection_id, now, false);
+                self.disconnected(*connection_id, now);
             }
             BrokerEvent::Subscribed { .. } | BrokerEvent::Unsubscribed { .. } => {}
         }
@@ -249,14 +236,15 @@ fn publish_event(broker: &Broker, event: &BrokerEvent, versions: &mut Versions) 
         versions.record(event, Instant::now());
         return;
     }
-    if let Some((topic, payload)) = render(event, versions, now_ms(), Instant::now())
-        && let Err(reason) = broker.publish(
-            topic.clone(),
-            bytes::Bytes::from(payload.to_string()),
-            QoS::AtLeastOnce,
-            false,
-        )
-    {
+    if let Some((topic, payload)) = render(event, versions, now_ms(), Instant::now()) {
+        publish_json(broker, topic, &payload);
+    }
+}
+
+/// Publishes an event's JSON at QoS 1, not retained; a refusal is logged.
+fn publish_json(broker: &Broker, topic: String, payload: &serde_json::Value) {
+    let body = bytes::Bytes::from(payload.to_string());
+    if let Err(reason) = broker.publish(topic.clone(), body, QoS::AtLeastOnce, false) {
         tracing::warn!(?reason, topic, "publishing a lifecycle event failed");
     }
 }
@@ -272,7 +260,7 @@ fn follow_if_watched(
     connection_id: u64,
 ) {
     if client_id.contains(['+', '#'])
-        || !broker.has_subscribers(&format!("$aws/events/presence/disconnected/{client_id}"))
+        || !broker.has_subscribers(&event_topic("presence/disconnected", client_id))
     {
         return;
     }
@@ -313,7 +301,7 @@ async fn report_connections_gone_with_the_process(
     for live in &gone {
         let version = u64::try_from(live.version_number).unwrap_or_default();
         versions.continue_after(&live.client_id, version, now);
-        let topic = format!("$aws/events/presence/disconnected/{}", live.client_id);
+        let topic = event_topic("presence/disconnected", &live.client_id);
         let payload = disconnected_payload(Disconnected {
             client_id: &live.client_id,
             timestamp,
@@ -323,14 +311,7 @@ async fn report_connections_gone_with_the_process(
             reason: "SERVER_ERROR",
             version,
         });
-        if let Err(reason) = broker.publish(
-            topic.clone(),
-            bytes::Bytes::from(payload.to_string()),
-            QoS::AtLeastOnce,
-            false,
-        ) {
-            tracing::warn!(?reason, topic, "publishing a lifecycle event failed");
-        }
+        publish_json(broker, topic, &payload);
         forget.push(WriteOp::DeleteLiveConnection {
             session_identifier: live.session_identifier.clone(),
         });
@@ -385,7 +366,12 @@ fn topic_of(event: &BrokerEvent) -> Option<String> {
     if client_id.contains(['+', '#']) {
         return None;
     }
-    Some(format!("$aws/events/{kind}/{client_id}"))
+    Some(event_topic(kind, client_id))
+}
+
+/// `$aws/events/<kind>/<clientId>`.
+fn event_topic(kind: &str, client_id: &str) -> String {
+    format!("$aws/events/{kind}/{client_id}")
 }
 
 /// The topic and payload of an event (`None` where `topic_of` is).
@@ -431,7 +417,8 @@ fn render(
             cause,
             ..
         } => {
-            let (version, session) = versions.disconnected(*connection_id, now, true);
+            let (version, session) = versions.of(*connection_id);
+            versions.disconnected(*connection_id, now);
             (
                 topic,
                 disconnected_payload(Disconnected {
@@ -569,14 +556,14 @@ mod tests {
         let held: Arc<str> = Arc::from("held");
         assert_eq!(versions.connected(&held, 100), 0);
         assert_eq!(versions.connected(&dev, 1), 0);
-        versions.disconnected(1, t0, false);
+        versions.disconnected(1, t0);
         versions.forget_idle(t0 + Duration::from_secs(59 * 60));
         assert_eq!(versions.connected(&dev, 2), 1);
         // Two connections of one client id (a takeover in flight): idle only after both.
         assert_eq!(versions.connected(&dev, 3), 2);
-        versions.disconnected(2, t0, false);
+        versions.disconnected(2, t0);
         let t1 = t0 + Duration::from_secs(60);
-        versions.disconnected(3, t1, false);
+        versions.disconnected(3, t1);
         versions.forget_idle(t1 + Duration::from_secs(59 * 60));
         assert_eq!(versions.clients.len(), 2);
         versions.forget_idle(t1 + Duration::from_secs(61 * 60));
@@ -629,7 +616,8 @@ mod tests {
         assert_eq!(version, 5);
         assert_eq!(versions.followed(1).as_deref(), Some(session.as_str()));
         // The disconnected event carries the recorded session identifier.
-        assert_eq!(versions.disconnected(1, Instant::now(), true), (5, session));
+        assert_eq!(versions.of(1), (5, session));
+        versions.disconnected(1, Instant::now());
         assert_eq!(versions.followed(1), None);
         assert!(versions.follow(2).is_none(), "no such connection");
     }
