@@ -548,6 +548,52 @@ pub(crate) fn cpu_secs(pid: u32, ticks: f64) -> anyhow::Result<f64> {
     Ok((utime + stime) / ticks)
 }
 
+/// The whole machine's CPU time so far, in clock ticks summed over its CPUs (the `cpu` line
+/// of `/proc/stat`): all of it, and the part the hypervisor ran other guests on our CPUs while
+/// we had work for them (steal).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct MachineCpu {
+    pub(crate) total: u64,
+    pub(crate) steal: u64,
+}
+
+impl MachineCpu {
+    pub(crate) fn read() -> anyhow::Result<MachineCpu> {
+        parse_machine_cpu(&std::fs::read_to_string("/proc/stat")?)
+    }
+
+    /// Steal as a percentage of the machine's CPU time from `self` to `later`; `None` when no
+    /// tick passed.
+    pub(crate) fn steal_percent_until(&self, later: &MachineCpu) -> Option<f64> {
+        let total = later.total.checked_sub(self.total)?;
+        let steal = later.steal.checked_sub(self.steal)?;
+        (total > 0).then(|| 100.0 * steal as f64 / total as f64)
+    }
+}
+
+/// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`: guest time is
+/// already inside user and nice, so the total stops at steal.
+fn parse_machine_cpu(stat: &str) -> anyhow::Result<MachineCpu> {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("malformed cpu line in /proc/stat")?;
+    if fields.len() < 8 {
+        bail!("the cpu line of /proc/stat has no steal field: {line}");
+    }
+    Ok(MachineCpu {
+        total: fields.iter().sum(),
+        steal: fields[7],
+    })
+}
+
 /// Resident set size in KiB.
 pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -560,4 +606,34 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .nth(1)
         .context("VmRSS value")?
         .parse()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_cpu_sums_the_fields_up_to_steal_and_reads_steal() {
+        let stat = "cpu  100 5 50 800 10 1 4 30 7 0\ncpu0 50 2 25 400 5 0 2 15 7 0\nintr 1\n";
+        let m = parse_machine_cpu(stat).expect("parses");
+        assert_eq!(
+            m,
+            MachineCpu {
+                total: 1000,
+                steal: 30
+            }
+        );
+        let later = MachineCpu {
+            total: 1400,
+            steal: 50,
+        };
+        assert_eq!(m.steal_percent_until(&later), Some(5.0));
+        assert_eq!(m.steal_percent_until(&m), None);
+    }
+
+    #[test]
+    fn a_cpu_line_without_steal_is_an_error() {
+        assert!(parse_machine_cpu("cpu  1 2 3 4\n").is_err());
+        assert!(parse_machine_cpu("intr 1\n").is_err());
+    }
 }

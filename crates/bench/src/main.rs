@@ -519,6 +519,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let client_config = Arc::new(pki.client_config()?);
     let ticks = brokers::clock_ticks();
     let load_before = loadavg();
+    let machine_before = brokers::MachineCpu::read().ok();
     let started = std::time::SystemTime::now();
 
     let mut report = Report {
@@ -631,12 +632,14 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                         };
                         match &result {
                             Ok(m) => eprintln!(
-                                "{:.0}/s, {:.2} µs CPU each, sent {}, {} of {}",
+                                "{:.0}/s, {:.2} µs CPU each, sent {}, {} of {}, steal {}",
                                 m.rate(),
                                 m.cpu_us_per(),
                                 m.sent,
                                 m.done,
-                                m.expected
+                                m.expected,
+                                m.steal_percent
+                                    .map_or("unknown".to_owned(), |p| format!("{p:.1}%"))
                             ),
                             Err(e) => eprintln!("FAILED: {e}"),
                         }
@@ -652,6 +655,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         }
     }
     let load_after = loadavg();
+    let steal = machine_before
+        .zip(brokers::MachineCpu::read().ok())
+        .and_then(|(before, after)| before.steal_percent_until(&after))
+        .map_or("unknown".to_owned(), |p| format!("{p:.1}%"));
 
     report.sort();
     let tables = report.tables();
@@ -672,6 +679,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
              - Machine: {}.\n\
              - Load average (1/5/15 min) before the run: {load_before}; after: {load_after}. \
              The load generator runs on the same machine as the broker under test.\n\
+             - Steal (CPU time the hypervisor gave to other guests while this machine had work \
+             for it, `/proc/stat`) over the whole run: {steal} of the machine's CPU time.\n\
              - Open-file limit raised to {nofile}{}{}{}.\n\
              - Load generator: `thingd-bench` ({} build, {}), MQTT 3.1.1 on the `thingd-mqtt` \
              codec, tokio, tokio-rustls with aws-lc-rs; one multi-threaded tokio runtime.\n",

@@ -42,6 +42,7 @@ pub(crate) struct Figures {
     pub(crate) done: f64,
     pub(crate) expected: f64,
     pub(crate) lossy: bool,
+    pub(crate) steal_percent: Option<f64>,
 }
 
 impl Row {
@@ -71,6 +72,7 @@ impl Row {
             done: of(&|m| Some(m.done as f64)).unwrap_or(0.0),
             expected: of(&|m| Some(m.expected as f64)).unwrap_or(0.0),
             lossy: ok.iter().any(|m| m.lossy),
+            steal_percent: of(&|m| m.steal_percent),
         })
     }
 }
@@ -140,6 +142,10 @@ fn cell(v: Option<f64>, mosq: Option<f64>, fmt: fn(f64) -> String, is_mosq: bool
             _ => fmt(v),
         },
     }
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map_or("–".to_owned(), |p| format!("{p:.1}"))
 }
 
 fn quantile_ms(m: &Measured, q: f64) -> Option<f64> {
@@ -220,9 +226,9 @@ impl Report {
             out,
             "### Messages\n\n\
              Ratios in parentheses are to Mosquitto on the same scenario and transport \
-             (above 1× is more throughput, but more CPU or latency).\n\n\
-             | scenario | transport | broker | delivered msg/s | broker CPU µs/msg | p50 ms | p99 ms | p99.9 ms | delivered / expected |\n\
-             |---|---|---|---:|---:|---:|---:|---:|---:|"
+             (above 1× is more throughput, but more CPU or latency). {STEAL_NOTE}\n\n\
+             | scenario | transport | broker | delivered msg/s | broker CPU µs/msg | p50 ms | p99 ms | p99.9 ms | delivered / expected | steal % |\n\
+             |---|---|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for row in self
             .rows
@@ -237,7 +243,7 @@ impl Report {
             );
             match row.figures() {
                 Err(e) => {
-                    let _ = writeln!(out, "{lead} FAILED: {} | | | | | |", e.replace('|', "/"));
+                    let _ = writeln!(out, "{lead} FAILED: {} | | | | | | |", e.replace('|', "/"));
                 }
                 Ok(f) => {
                     let mq = self.mosquitto_row(row);
@@ -245,7 +251,7 @@ impl Report {
                     let is_m = row.broker == Kind::Mosquitto;
                     let _ = writeln!(
                         out,
-                        "{lead} {} | {} | {} | {} | {} | {} of {}{} |",
+                        "{lead} {} | {} | {} | {} | {} | {} of {}{} | {} |",
                         cell(Some(f.rate), mq.map(|m| m.rate), thousands, is_m),
                         cell(Some(f.cpu_us), mq.map(|m| m.cpu_us), sig, is_m),
                         cell(f.p50_ms, mq.and_then(|m| m.p50_ms), sig, is_m),
@@ -260,7 +266,8 @@ impl Report {
                             )
                         } else {
                             String::new()
-                        }
+                        },
+                        percent(f.steal_percent),
                     );
                 }
             }
@@ -268,7 +275,7 @@ impl Report {
         for m in &self.missing {
             let _ = writeln!(
                 out,
-                "| all | | {} | missing: {} | | | | | |",
+                "| all | | {} | missing: {} | | | | | | |",
                 m.broker, m.reason
             );
         }
@@ -278,9 +285,9 @@ impl Report {
              Idle: broker RSS growth divided by the connections held, and how fast they were \
              opened (64 in parallel). Storm: full connects (TCP, for mTLS a full TLS handshake \
              without resumption, CONNECT/CONNACK, DISCONNECT) per second and broker CPU per \
-             connect; latency is the client's connect time.\n\n\
-             | scenario | transport | broker | connections | broker RSS KiB/conn | connects/s | broker CPU µs/connect | p50 ms | p99 ms |\n\
-             |---|---|---|---:|---:|---:|---:|---:|---:|"
+             connect; latency is the client's connect time. {STEAL_NOTE}\n\n\
+             | scenario | transport | broker | connections | broker RSS KiB/conn | connects/s | broker CPU µs/connect | p50 ms | p99 ms | steal % |\n\
+             |---|---|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for row in self
             .rows
@@ -295,7 +302,7 @@ impl Report {
             );
             match row.figures() {
                 Err(e) => {
-                    let _ = writeln!(out, "{lead} FAILED: {} | | | | | |", e.replace('|', "/"));
+                    let _ = writeln!(out, "{lead} FAILED: {} | | | | | | |", e.replace('|', "/"));
                 }
                 Ok(f) => {
                     let mq = self.mosquitto_row(row);
@@ -303,13 +310,14 @@ impl Report {
                     let is_m = row.broker == Kind::Mosquitto;
                     let _ = writeln!(
                         out,
-                        "{lead} {} | {} | {} | {} | {} | {} |",
+                        "{lead} {} | {} | {} | {} | {} | {} | {} |",
                         thousands(f.done),
                         cell(f.rss_kib, mq.and_then(|m| m.rss_kib), sig, is_m),
                         cell(Some(f.rate), mq.map(|m| m.rate), thousands, is_m),
                         cell(Some(f.cpu_us), mq.map(|m| m.cpu_us), sig, is_m),
                         cell(f.p50_ms, mq.and_then(|m| m.p50_ms), sig, is_m),
                         cell(f.p99_ms, mq.and_then(|m| m.p99_ms), sig, is_m),
+                        percent(f.steal_percent),
                     );
                 }
             }
@@ -317,13 +325,19 @@ impl Report {
         for m in &self.missing {
             let _ = writeln!(
                 out,
-                "| all | | {} | missing: {} | | | | | |",
+                "| all | | {} | missing: {} | | | | | | |",
                 m.broker, m.reason
             );
         }
         out
     }
 }
+
+/// What the steal column means, under the title of each table.
+const STEAL_NOTE: &str = "Steal % is the share of the machine's CPU time that the \
+    hypervisor gave to other guests while this one had work for it (`/proc/stat`, over the \
+    measured part; the median of the runs). Latency rises with it: compare latencies between \
+    rows whose steal is alike.";
 
 pub(crate) const BEGIN: &str = "<!-- BEGIN GENERATED by `cargo run --release -p thingd-bench -- compare`; edits inside are overwritten -->";
 pub(crate) const END: &str = "<!-- END GENERATED -->";
@@ -435,5 +449,61 @@ mod tests {
             .map(|r| (r.broker, r.runs.len()))
             .collect();
         assert_eq!(runs, [(Kind::Thingd, 2), (Kind::Mosquitto, 1)]);
+    }
+
+    #[test]
+    fn the_tables_show_the_median_steal_and_keep_their_columns() {
+        let mut report = Report {
+            rows: Vec::new(),
+            missing: vec![Missing {
+                broker: Kind::Rumqttd,
+                reason: "not installed".to_owned(),
+            }],
+        };
+        let message = Scenario::Pairs {
+            pairs: 2,
+            per_pub: 5,
+        };
+        for steal in [1.0, 7.5, 2.34] {
+            report.record(
+                message.clone(),
+                Transport::Tcp,
+                Kind::Thingd,
+                Ok(Measured {
+                    steal_percent: Some(steal),
+                    ..measured(10, 1.0, 0.0)
+                }),
+            );
+        }
+        report.record(
+            message,
+            Transport::Tcp,
+            Kind::Mosquitto,
+            Err("broker exited".to_owned()),
+        );
+        report.record(
+            Scenario::Idle { conns: 10 },
+            Transport::Tcp,
+            Kind::Thingd,
+            Ok(measured(10, 1.0, 0.0)),
+        );
+        let tables = report.tables();
+        let thingd_pairs = tables
+            .lines()
+            .find(|l| l.contains("2:2") && l.contains("thingd"))
+            .expect("thingd's message row");
+        assert!(thingd_pairs.ends_with("| 2.3 |"), "{thingd_pairs}");
+        let idle = tables
+            .lines()
+            .find(|l| l.contains("idle"))
+            .expect("the idle row");
+        assert!(idle.ends_with("| – |"), "{idle}");
+        for table in tables.split("### ").filter(|t| !t.trim().is_empty()) {
+            let rows: Vec<&str> = table.lines().filter(|l| l.starts_with('|')).collect();
+            let cells = rows[0].matches('|').count();
+            for row in &rows {
+                assert_eq!(row.matches('|').count(), cells, "{row}");
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use thingd_mqtt::{ByteStr, Packet, PubRespKind, QoS};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::brokers::{Kind, cpu_secs, rss_kib};
+use crate::brokers::{Kind, MachineCpu, cpu_secs, rss_kib};
 use crate::client::{Conn, Endpoint, now_nanos, payload, sent_at};
 
 /// Unacknowledged QoS 1 PUBLISHes a publisher keeps in flight (below every broker's
@@ -147,6 +147,8 @@ pub(crate) struct Measured {
     pub(crate) secs: f64,
     /// Broker CPU seconds over the measured part.
     pub(crate) cpu: f64,
+    /// The hypervisor's share of the machine's CPU time over the measured part (steal), %.
+    pub(crate) steal_percent: Option<f64>,
     /// Latency, microseconds.
     pub(crate) latency: Option<Histogram<u64>>,
     /// Broker RSS growth per connection, KiB (idle scenario).
@@ -199,8 +201,29 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    fn cpu(&self) -> anyhow::Result<f64> {
-        cpu_secs(self.pid, self.ticks)
+    fn usage(&self) -> anyhow::Result<Usage> {
+        Ok(Usage {
+            broker: cpu_secs(self.pid, self.ticks)?,
+            machine: MachineCpu::read()?,
+        })
+    }
+}
+
+/// CPU time read at the start or the end of a measured part.
+struct Usage {
+    /// The broker's CPU seconds so far.
+    broker: f64,
+    machine: MachineCpu,
+}
+
+impl Usage {
+    /// The broker's CPU seconds from `self` to `end`.
+    fn broker_cpu_until(&self, end: &Usage) -> f64 {
+        end.broker - self.broker
+    }
+
+    fn steal_percent_until(&self, end: &Usage) -> Option<f64> {
+        self.machine.steal_percent_until(&end.machine)
     }
 }
 
@@ -383,7 +406,7 @@ async fn messages(
         last_nanos: AtomicU64::new(0),
     });
 
-    let cpu0 = target.cpu()?;
+    let usage0 = target.usage()?;
     let t0 = now_nanos();
     let start = Instant::now();
     let mut subs_set = JoinSet::new();
@@ -421,7 +444,7 @@ async fn messages(
             Err(e) => errors.push(format!("subscriber: {e:#}")),
         }
     }
-    let cpu1 = target.cpu()?;
+    let usage1 = target.usage()?;
     let wall = start.elapsed().as_secs_f64();
     if let Some(first) = errors.first() {
         bail!("{} error(s), first: {first}", errors.len());
@@ -441,7 +464,8 @@ async fn messages(
         },
         done: progress.received.load(Ordering::Relaxed),
         secs,
-        cpu: cpu1 - cpu0,
+        cpu: usage0.broker_cpu_until(&usage1),
+        steal_percent: usage0.steal_percent_until(&usage1),
         latency: Some(hist),
         rss_per_conn_kib: None,
         lossy: qos == QoS::AtMostOnce,
@@ -580,7 +604,7 @@ async fn fixed_rate(
         credit: None,
         last_nanos: AtomicU64::new(0),
     });
-    let cpu0 = target.cpu()?;
+    let usage0 = target.usage()?;
     let start = Instant::now();
     let mut subs_set = JoinSet::new();
     for conn in subs {
@@ -643,7 +667,7 @@ async fn fixed_rate(
             Err(e) => errors.push(format!("subscriber: {e:#}")),
         }
     }
-    let cpu1 = target.cpu()?;
+    let usage1 = target.usage()?;
     if let Some(first) = errors.first() {
         bail!("{} error(s), first: {first}", errors.len());
     }
@@ -659,7 +683,8 @@ async fn fixed_rate(
         expected: sent,
         done: progress.received.load(Ordering::Relaxed),
         secs: publish_secs,
-        cpu: cpu1 - cpu0,
+        cpu: usage0.broker_cpu_until(&usage1),
+        steal_percent: usage0.steal_percent_until(&usage1),
         latency: Some(hist),
         rss_per_conn_kib: None,
         lossy: false,
@@ -675,11 +700,11 @@ async fn idle(ep: &Endpoint, target: Target, tag: &str, n: usize) -> anyhow::Res
     };
     tokio::time::sleep(settle / 4).await;
     let rss0 = rss_kib(target.pid)?;
-    let cpu0 = target.cpu()?;
+    let usage0 = target.usage()?;
     let start = Instant::now();
     let conns = open_many(ep, &format!("{tag}-i"), n).await?;
     let secs = start.elapsed().as_secs_f64();
-    let cpu1 = target.cpu()?;
+    let usage1 = target.usage()?;
     // Let the broker settle, then check every connection is still open and take the RSS.
     tokio::time::sleep(settle).await;
     let rss1 = rss_kib(target.pid)?;
@@ -689,7 +714,8 @@ async fn idle(ep: &Endpoint, target: Target, tag: &str, n: usize) -> anyhow::Res
         expected: n as u64,
         done: alive,
         secs,
-        cpu: cpu1 - cpu0,
+        cpu: usage0.broker_cpu_until(&usage1),
+        steal_percent: usage0.steal_percent_until(&usage1),
         latency: None,
         rss_per_conn_kib: Some((rss1 as f64 - rss0 as f64) / n as f64),
         lossy: false,
@@ -724,7 +750,7 @@ async fn storm(
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let cpu0 = target.cpu()?;
+    let usage0 = target.usage()?;
     let start = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..parallel {
@@ -760,7 +786,7 @@ async fn storm(
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu1 = target.cpu()?;
+    let usage1 = target.usage()?;
     if let Some(first) = errors.first() {
         bail!("{} error(s), first: {first}", errors.len());
     }
@@ -770,7 +796,8 @@ async fn storm(
         expected: n,
         done: n,
         secs,
-        cpu: cpu1 - cpu0,
+        cpu: usage0.broker_cpu_until(&usage1),
+        steal_percent: usage0.steal_percent_until(&usage1),
         latency: Some(hist),
         rss_per_conn_kib: None,
         lossy: false,

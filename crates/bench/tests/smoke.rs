@@ -89,6 +89,12 @@ fn smoke_comparison_delivers_everything() {
     }
     assert!(!run.stdout.contains("FAILED"), "{}", run.stdout);
     assert!(!run.stdout.contains("missing:"), "{}", run.stdout);
+    assert_eq!(
+        run.stdout.matches("| steal % |").count(),
+        2,
+        "{}",
+        run.stdout
+    );
     // The pairs run as fast as possible, and the fixed rate derived from Mosquitto's result
     // there (besides the fixed 200 msg/s run), on both transports for both brokers.
     for transport in ["TCP", "mTLS"] {
