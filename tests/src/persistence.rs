@@ -629,6 +629,53 @@ fn a_device_connected_at_kill9_is_reported_disconnected_after_the_restart() {
     });
 }
 
+/// A watcher that subscribes to disconnected events after the devices connected (a
+/// monitoring service started after the fleet) still learns of their connections lost with
+/// a kill -9: subscribing makes thingd record the connections already open.
+#[test]
+fn connections_open_before_their_watcher_subscribed_are_reported_after_kill9() {
+    use crate::raw_protocol::{Connect, RawClient};
+
+    let mut env = env();
+    let watcher = presence_watcher();
+    // Both stay connected until the kill.
+    let (device, watching) = step(async {
+        let sensor = Connect::v311("sensor-6");
+        let (device, _) = RawClient::connect_at(env.server.mqtts, &env.device, &sensor).await?;
+        let (mut w, _) = RawClient::connect_at(env.server.mqtts, &env.device, &watcher).await?;
+        let filters = [("$aws/events/presence/disconnected/+", 1)];
+        assert_eq!(w.subscribe(true, 1, &[], &filters).await?, vec![1]);
+        anyhow::Ok((device, w))
+    });
+    // Time for the records to be written (a detached write, committed within milliseconds).
+    std::thread::sleep(Duration::from_millis(300));
+
+    env.server
+        .restart()
+        .expect("thingd starts again after kill -9");
+    drop((device, watching));
+    step(async {
+        let mut w = resume_raw(env.server.mqtts, &env.device, &watcher).await?;
+        let mut gone = Vec::new();
+        for _ in 0..2 {
+            let (topic, off) = next_event(&mut w).await?;
+            assert_eq!(off["disconnectReason"], "SERVER_ERROR", "{topic}");
+            gone.push(topic);
+        }
+        gone.sort();
+        // The watcher's own connection matches its filter too.
+        assert_eq!(
+            gone,
+            [
+                "$aws/events/presence/disconnected/presence-watcher",
+                "$aws/events/presence/disconnected/sensor-6",
+            ]
+        );
+        w.expect_silence().await?;
+        anyhow::Ok(())
+    });
+}
+
 /// A persistent MQTT 5 session (kept ten minutes) that follows lifecycle events.
 fn presence_watcher() -> crate::raw_protocol::Connect {
     use crate::raw_protocol::{Connect, prop};

@@ -62,8 +62,8 @@ pub(crate) struct Shared {
     live: AtomicUsize,
     live_changed: Notify,
     pub(crate) sweeper_started: std::sync::atomic::AtomicBool,
-    /// Connection and subscription events; sending never blocks (slow receivers lag).
-    pub(crate) events: tokio::sync::broadcast::Sender<crate::BrokerEvent>,
+    /// Connection and subscription events; sending never blocks and loses nothing.
+    pub(crate) events: crate::events::EventQueues,
 }
 
 /// Splits a filter as sent into (group, filter to index).
@@ -158,7 +158,7 @@ impl Shared {
             live: AtomicUsize::new(0),
             live_changed: Notify::new(),
             sweeper_started: std::sync::atomic::AtomicBool::new(false),
-            events: tokio::sync::broadcast::channel(4096).0,
+            events: crate::events::EventQueues::default(),
         }
     }
 

@@ -395,7 +395,7 @@ async fn accept(
         "client connected"
     );
     if !internal_conn {
-        let _ = shared.events.send(crate::BrokerEvent::Connected {
+        shared.events.send(crate::BrokerEvent::Connected {
             client_id: client_id.clone(),
             principal: info.principal.as_deref().map(Arc::from),
             remote_addr: info.remote_addr,

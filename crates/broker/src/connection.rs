@@ -947,7 +947,7 @@ impl Conn {
                 filters,
             }
         };
-        let _ = self.shared.events.send(event);
+        self.shared.events.send(event);
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), End> {
@@ -1059,7 +1059,7 @@ impl Conn {
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
         metrics::connection_closed();
         if !self.internal {
-            let _ = self.shared.events.send(crate::BrokerEvent::Disconnected {
+            self.shared.events.send(crate::BrokerEvent::Disconnected {
                 client_id: self.client_id.clone(),
                 principal: self.principal.clone(),
                 connection_id: self.conn_id,

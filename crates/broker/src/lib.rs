@@ -276,9 +276,10 @@ impl Broker {
         connection::serve(self.shared.clone(), stream, info, None)
     }
 
-    /// Connection and subscription events from now on. A receiver that falls more than 4096
-    /// events behind loses the oldest (`RecvError::Lagged`).
-    pub fn events(&self) -> tokio::sync::broadcast::Receiver<BrokerEvent> {
+    /// Connection and subscription events from now on, in the order they were raised. None
+    /// is dropped: what the receiver has not read yet waits in its queue, so read it
+    /// promptly (dropping the receiver stops the queue).
+    pub fn events(&self) -> tokio::sync::mpsc::UnboundedReceiver<BrokerEvent> {
         self.shared.events.subscribe()
     }
 

@@ -18,7 +18,6 @@ use serde_json::json;
 use thingd_broker::{Broker, BrokerEvent};
 use thingd_mqtt::QoS;
 use thingd_store::{LiveConnection, Store, WriteOp};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 /// How long a client id's numbering outlives its last connection: AWS starts
@@ -46,6 +45,7 @@ struct Client {
 /// A live connection's version and session identifier.
 struct Open {
     client_id: Arc<str>,
+    principal: Option<Arc<str>>,
     version: u64,
     /// Made when an event of the connection is first published: one nobody saw needs none.
     session: Option<String>,
@@ -55,7 +55,12 @@ struct Open {
 
 impl Versions {
     /// A connection opened: its version number.
-    fn connected(&mut self, client_id: &Arc<str>, connection_id: u64) -> u64 {
+    fn connected(
+        &mut self,
+        client_id: &Arc<str>,
+        principal: &Option<Arc<str>>,
+        connection_id: u64,
+    ) -> u64 {
         let client = self.clients.entry(client_id.clone()).or_default();
         let version = client.next_version;
         client.next_version += 1;
@@ -65,6 +70,7 @@ impl Versions {
             connection_id,
             Open {
                 client_id: client_id.clone(),
+                principal: principal.clone(),
                 version,
                 session: None,
                 followed: false,
@@ -73,12 +79,18 @@ impl Versions {
         version
     }
 
-    /// Marks a live connection as recorded in the store; its version and session
-    /// identifier, for the record.
-    fn follow(&mut self, connection_id: u64) -> Option<(u64, String)> {
+    /// Marks a live connection as recorded in the store; its record.
+    fn follow(&mut self, connection_id: u64) -> Option<LiveConnection> {
         let open = self.open.get_mut(&connection_id)?;
         open.followed = true;
-        Some(self.of(connection_id))
+        let (client_id, principal) = (open.client_id.clone(), open.principal.clone());
+        let (version, session) = self.of(connection_id);
+        Some(LiveConnection {
+            session_identifier: session,
+            client_id: client_id.to_string(),
+            principal: principal.as_deref().unwrap_or_default().to_owned(),
+            version_number: i64::try_from(version).unwrap_or(i64::MAX),
+        })
     }
 
     /// The session identifier of a live connection recorded in the store.
@@ -130,10 +142,11 @@ impl Versions {
         match event {
             BrokerEvent::Connected {
                 client_id,
+                principal,
                 connection_id,
                 ..
             } => {
-                self.connected(client_id, *connection_id);
+                self.connected(client_id, principal, *connection_id);
             }
             BrokerEvent::Disconnected { connection_id, .. } => {
                 self.disconnected(*connection_id, now);
@@ -167,7 +180,7 @@ pub fn start(
 /// Publishes each event straight into the broker (QoS 1, in event order), without waiting
 /// for the subscribers' copies to be stored: a connect storm produces thousands a second.
 async fn publish_lifecycle_events(
-    mut events: tokio::sync::broadcast::Receiver<BrokerEvent>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<BrokerEvent>,
     broker: Broker,
     store: Store,
     shutdown: CancellationToken,
@@ -187,17 +200,8 @@ async fn publish_lifecycle_events(
                 continue;
             }
         };
-        let event = match event {
-            Ok(event) => event,
-            Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(
-                    missed,
-                    "lifecycle events fell behind; some were not published"
-                );
-                continue;
-            }
-            Err(RecvError::Closed) => return,
-        };
+        // No sender is left, so nothing more can come.
+        let Some(event) = event else { return };
         let recorded = match &event {
             BrokerEvent::Disconnected { connection_id, .. } => versions.followed(*connection_id),
             _ => None,
@@ -208,21 +212,31 @@ async fn publish_lifecycle_events(
         if let Some(session_identifier) = recorded {
             store.write_detached(vec![WriteOp::DeleteLiveConnection { session_identifier }]);
         }
-        if let BrokerEvent::Connected {
-            client_id,
-            principal,
-            connection_id,
-            ..
-        } = &event
-        {
-            follow_if_watched(
-                &broker,
-                &store,
-                &mut versions,
-                client_id,
-                principal,
-                *connection_id,
-            );
+        let records: Vec<WriteOp> = match &event {
+            BrokerEvent::Connected { connection_id, .. } => {
+                follow_if_watched(&broker, &mut versions, *connection_id)
+                    .into_iter()
+                    .collect()
+            }
+            // A new watcher of disconnects: the connections open now are watched from here.
+            BrokerEvent::Subscribed { filters, .. }
+                if filters.iter().any(|f| may_match_a_disconnect(f)) =>
+            {
+                let unfollowed: Vec<u64> = versions
+                    .open
+                    .iter()
+                    .filter(|(_, open)| !open.followed)
+                    .map(|(id, _)| *id)
+                    .collect();
+                unfollowed
+                    .into_iter()
+                    .filter_map(|id| follow_if_watched(&broker, &mut versions, id))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        if !records.is_empty() {
+            store.write_detached(records);
         }
     }
 }
@@ -249,30 +263,46 @@ fn publish_json(broker: &Broker, topic: String, payload: &serde_json::Value) {
     }
 }
 
-/// Records a connection that just connected in the store when its disconnected event has a
-/// subscriber now, so that the event survives the process.
+/// The store record of a live connection whose disconnected event has a subscriber now, so
+/// that the event survives the process; `None` if it has none or is recorded already.
 fn follow_if_watched(
     broker: &Broker,
-    store: &Store,
     versions: &mut Versions,
-    client_id: &str,
-    principal: &Option<Arc<str>>,
     connection_id: u64,
-) {
-    if client_id.contains(['+', '#'])
-        || !broker.has_subscribers(&event_topic("presence/disconnected", client_id))
+) -> Option<WriteOp> {
+    let open = versions.open.get(&connection_id)?;
+    if open.followed
+        || open.client_id.contains(['+', '#'])
+        || !broker.has_subscribers(&event_topic("presence/disconnected", &open.client_id))
     {
-        return;
+        return None;
     }
-    let Some((version, session)) = versions.follow(connection_id) else {
-        return;
+    versions
+        .follow(connection_id)
+        .map(WriteOp::PutLiveConnection)
+}
+
+/// Whether `filter` (shared or not) can match a disconnected event's topic,
+/// `$aws/events/presence/disconnected/<clientId>`. Errs on the side of yes: the broker's
+/// subscription index answers exactly for each connection afterwards.
+fn may_match_a_disconnect(filter: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/") {
+        Some(shared) => shared.split_once('/').map_or("", |(_, f)| f),
+        None => filter,
     };
-    store.write_detached(vec![WriteOp::PutLiveConnection(LiveConnection {
-        session_identifier: session,
-        client_id: client_id.to_owned(),
-        principal: principal.as_deref().unwrap_or_default().to_owned(),
-        version_number: i64::try_from(version).unwrap_or(i64::MAX),
-    })]);
+    let mut levels = filter.split('/');
+    for wanted in ["$aws", "events", "presence", "disconnected"] {
+        match levels.next() {
+            Some("#") => return true,
+            Some(level) if level == wanted || level == "+" => {}
+            _ => return false,
+        }
+    }
+    // The client id's level, perhaps followed by a `#` (which also matches nothing more).
+    matches!(
+        (levels.next(), levels.next(), levels.next()),
+        (Some(_), None | Some("#"), None)
+    )
 }
 
 /// Publishes the disconnected events of the connections the previous process recorded and
@@ -396,7 +426,7 @@ fn render(
             connection_id,
             ..
         } => {
-            let version = versions.connected(client_id, *connection_id);
+            let version = versions.connected(client_id, p, *connection_id);
             let (_, session) = versions.of(*connection_id);
             (
                 topic,
@@ -554,13 +584,13 @@ mod tests {
         let t0 = Instant::now();
         let dev: Arc<str> = Arc::from("dev1");
         let held: Arc<str> = Arc::from("held");
-        assert_eq!(versions.connected(&held, 100), 0);
-        assert_eq!(versions.connected(&dev, 1), 0);
+        assert_eq!(versions.connected(&held, &None, 100), 0);
+        assert_eq!(versions.connected(&dev, &None, 1), 0);
         versions.disconnected(1, t0);
         versions.forget_idle(t0 + Duration::from_secs(59 * 60));
-        assert_eq!(versions.connected(&dev, 2), 1);
+        assert_eq!(versions.connected(&dev, &None, 2), 1);
         // Two connections of one client id (a takeover in flight): idle only after both.
-        assert_eq!(versions.connected(&dev, 3), 2);
+        assert_eq!(versions.connected(&dev, &None, 3), 2);
         versions.disconnected(2, t0);
         let t1 = t0 + Duration::from_secs(60);
         versions.disconnected(3, t1);
@@ -572,8 +602,8 @@ mod tests {
             1,
             "only the connected client id is kept"
         );
-        assert_eq!(versions.connected(&dev, 4), 0);
-        assert_eq!(versions.connected(&held, 101), 1);
+        assert_eq!(versions.connected(&dev, &None, 4), 0);
+        assert_eq!(versions.connected(&held, &None, 101), 1);
     }
 
     /// A connection whose connect event nobody saw gets its session identifier when one of
@@ -582,7 +612,7 @@ mod tests {
     fn a_session_identifier_is_made_when_first_published_and_kept() {
         let mut versions = Versions::default();
         let dev: Arc<str> = Arc::from("dev1");
-        versions.connected(&dev, 9);
+        versions.connected(&dev, &None, 9);
         let subscribed = BrokerEvent::Subscribed {
             client_id: dev.clone(),
             principal: None,
@@ -610,10 +640,16 @@ mod tests {
         let mut versions = Versions::default();
         let dev: Arc<str> = Arc::from("dev1");
         versions.continue_after("dev1", 4, Instant::now());
-        assert_eq!(versions.connected(&dev, 1), 5);
+        let principal = Some(Arc::from("cert-1"));
+        assert_eq!(versions.connected(&dev, &principal, 1), 5);
         assert_eq!(versions.followed(1), None);
-        let (version, session) = versions.follow(1).expect("a live connection");
-        assert_eq!(version, 5);
+        let record = versions.follow(1).expect("a live connection");
+        assert_eq!(
+            (record.client_id.as_str(), record.principal.as_str()),
+            ("dev1", "cert-1")
+        );
+        assert_eq!(record.version_number, 5);
+        let session = record.session_identifier;
         assert_eq!(versions.followed(1).as_deref(), Some(session.as_str()));
         // The disconnected event carries the recorded session identifier.
         assert_eq!(versions.of(1), (5, session));
@@ -631,5 +667,31 @@ mod tests {
             filters: vec!["x".to_owned()],
         };
         assert!(render(&event, &mut Versions::default(), 0, Instant::now()).is_none());
+    }
+
+    #[test]
+    fn filters_that_can_match_a_disconnected_event() {
+        for filter in [
+            "$aws/events/presence/disconnected/sensor-1",
+            "$aws/events/presence/disconnected/+",
+            "$aws/events/presence/+/+",
+            "$aws/events/presence/#",
+            "$aws/events/#",
+            "$aws/+/presence/disconnected/x/#",
+            "$share/watchers/$aws/events/presence/disconnected/+",
+        ] {
+            assert!(may_match_a_disconnect(filter), "{filter}");
+        }
+        for filter in [
+            "$aws/events/presence/connected/+",
+            "$aws/events/subscriptions/#",
+            "$aws/things/sensor-1/shadow/update",
+            "$aws/events/presence/disconnected/+/more",
+            "$aws/events/presence/disconnected",
+            "devices/#",
+            "$share/watchers",
+        ] {
+            assert!(!may_match_a_disconnect(filter), "{filter}");
+        }
     }
 }
