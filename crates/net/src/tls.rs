@@ -29,6 +29,9 @@ const BUSY_BUFFER: usize = 16 * 1024;
 const OUTGOING_LIMIT: usize = 256 * 1024;
 /// Buffers larger than this are freed once empty.
 const KEEP_CAPACITY: usize = 1024;
+/// A flush at least this large keeps the send buffer for the next one: the connection is
+/// writing in bulk, and a new buffer each time costs page faults and zeroing.
+const BULK_FLUSH: usize = 16 * 1024;
 /// TLS record header length.
 const HEADER: usize = 5;
 
@@ -41,7 +44,7 @@ pub(crate) struct TlsStream {
     /// Decrypted application data not yet read.
     plain: BytesMut,
     /// TLS bytes to send.
-    outgoing: Vec<u8>,
+    outgoing: Outgoing,
     /// The last read filled the room it had: the next one gets a larger buffer.
     busy: bool,
     /// The peer closed (close_notify or end of stream): reads return 0.
@@ -77,7 +80,7 @@ pub(crate) async fn accept(
         conn,
         incoming: BytesMut::with_capacity(BUSY_BUFFER),
         plain: BytesMut::new(),
-        outgoing: Vec::new(),
+        outgoing: Outgoing::default(),
         busy: false,
         eof: false,
         close_sent: false,
@@ -142,7 +145,7 @@ impl TlsStream {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    append(&mut self.outgoing, 1024, |out| {
+                    self.outgoing.append(1024, |out| {
                         data.encode(out).map_err(|e| match e {
                             EncodeError::InsufficientSize(s) => Some(s.required_size),
                             _ => None,
@@ -160,13 +163,13 @@ impl TlsStream {
                         Write::Nothing => Step::Blocked,
                         Write::Data(data) => {
                             let guess = data.len() + 64 + data.len() / 4096 * 32;
-                            append(&mut self.outgoing, guess, |out| {
+                            self.outgoing.append(guess, |out| {
                                 traffic.encrypt(data, out).map_err(encrypt_room)
                             })?;
                             Step::Written
                         }
                         Write::CloseNotify => {
-                            append(&mut self.outgoing, 64, |out| {
+                            self.outgoing.append(64, |out| {
                                 traffic.queue_close_notify(out).map_err(encrypt_room)
                             })?;
                             Step::Written
@@ -227,15 +230,13 @@ impl TlsStream {
     /// Writes all of `outgoing` to the socket.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.outgoing.is_empty() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing))?;
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, self.outgoing.unsent()))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.outgoing.drain(..n);
+            self.outgoing.sent += n;
         }
-        if self.outgoing.capacity() > KEEP_CAPACITY {
-            self.outgoing = Vec::new();
-        }
+        self.outgoing.all_sent();
         Poll::Ready(Ok(()))
     }
 }
@@ -294,7 +295,7 @@ impl AsyncWrite for TlsStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.outgoing.len() >= OUTGOING_LIMIT {
+        if this.outgoing.filled >= OUTGOING_LIMIT {
             ready!(this.poll_send(cx))?;
         }
         match this.process(Write::Data(data), None)? {
@@ -322,27 +323,56 @@ impl AsyncWrite for TlsStream {
     }
 }
 
-/// Appends what `write` puts into a buffer, starting with `guess` bytes of room and retrying
-/// with the room it asks for (`Err(Some(size))`).
-fn append(
-    out: &mut Vec<u8>,
-    guess: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
-) -> io::Result<()> {
-    let start = out.len();
-    let mut room = guess;
-    loop {
-        out.resize(start + room, 0);
-        match write(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
+/// Encrypted bytes waiting for the socket: `buf[sent..filled]`. The length of `buf` is the
+/// room made so far, zeroed once: a connection writing in bulk reuses it from one flush to
+/// the next; after a smaller flush it is given back.
+#[derive(Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    sent: usize,
+    filled: usize,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.sent == self.filled
+    }
+
+    fn unsent(&self) -> &[u8] {
+        &self.buf[self.sent..self.filled]
+    }
+
+    /// Appends what `write` puts into the room after the filled part, starting with `guess`
+    /// bytes of room and retrying with the room it asks for (`Err(Some(size))`).
+    fn append(
+        &mut self,
+        guess: usize,
+        mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+    ) -> io::Result<()> {
+        let mut room = guess;
+        loop {
+            let end = self.filled + room;
+            if self.buf.len() < end {
+                self.buf.resize(end, 0);
             }
-            Err(Some(required)) if required > room => room = required,
-            Err(_) => {
-                out.truncate(start);
-                return Err(io::Error::other("TLS record could not be written"));
+            match write(&mut self.buf[self.filled..end]) {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(());
+                }
+                Err(Some(required)) if required > room => room = required,
+                Err(_) => return Err(io::Error::other("TLS record could not be written")),
             }
+        }
+    }
+
+    /// Everything went out: the next records start at the front; the room is kept only
+    /// after a bulk flush.
+    fn all_sent(&mut self) {
+        let flushed = self.filled;
+        (self.sent, self.filled) = (0, 0);
+        if flushed < BULK_FLUSH && self.buf.len() > KEEP_CAPACITY {
+            self.buf = Vec::new();
         }
     }
 }
@@ -534,7 +564,7 @@ mod tests {
             (
                 tls.incoming.capacity(),
                 tls.plain.capacity(),
-                tls.outgoing.capacity(),
+                tls.outgoing.buf.capacity(),
             )
         })
         .await;
@@ -544,6 +574,37 @@ mod tests {
         let (incoming, plain, outgoing) = server.await.unwrap();
         assert!(incoming <= IDLE_BUFFER, "receive buffer {incoming}");
         assert!(plain <= KEEP_CAPACITY && outgoing <= KEEP_CAPACITY);
+    }
+
+    /// A connection writing in bulk keeps its send buffer from one flush to the next; the
+    /// first small flush after that gives it back.
+    #[tokio::test]
+    async fn the_send_buffer_is_kept_while_writing_in_bulk_only() {
+        let pki = new_pki();
+        let bulk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let sent = bulk.clone();
+        let (addr, server) = accept_one(&pki, |accepted| async move {
+            let mut tls = accepted.unwrap();
+            let mut kept = Vec::new();
+            for _ in 0..2 {
+                tls.write_all(&sent).await.unwrap();
+                tls.flush().await.unwrap();
+                kept.push(tls.outgoing.buf.capacity());
+            }
+            tls.write_all(b"done").await.unwrap();
+            tls.flush().await.unwrap();
+            (kept, tls.outgoing.buf.capacity())
+        })
+        .await;
+        let mut client = client(&pki, &pki.ca, addr).await.unwrap();
+        let mut got = vec![0u8; 2 * bulk.len() + 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got[..bulk.len()] == bulk[..] && got[bulk.len()..2 * bulk.len()] == bulk[..]);
+        assert_eq!(&got[2 * bulk.len()..], b"done");
+        let (kept, after_small) = server.await.unwrap();
+        assert!(kept.iter().all(|&c| c >= bulk.len()), "{kept:?}");
+        assert_eq!(kept[0], kept[1], "the second bulk flush reused the buffer");
+        assert!(after_small <= KEEP_CAPACITY, "{after_small}");
     }
 
     #[tokio::test]
