@@ -222,14 +222,8 @@ async fn publish_lifecycle_events(
             BrokerEvent::Subscribed { filters, .. }
                 if filters.iter().any(|f| may_match_a_disconnect(f)) =>
             {
-                let unfollowed: Vec<u64> = versions
-                    .open
-                    .iter()
-                    .filter(|(_, open)| !open.followed)
-                    .map(|(id, _)| *id)
-                    .collect();
-                unfollowed
-                    .into_iter()
+                let open: Vec<u64> = versions.open.keys().copied().collect();
+                open.into_iter()
                     .filter_map(|id| follow_if_watched(&broker, &mut versions, id))
                     .collect()
             }
@@ -286,10 +280,7 @@ fn follow_if_watched(
 /// `$aws/events/presence/disconnected/<clientId>`. Errs on the side of yes: the broker's
 /// subscription index answers exactly for each connection afterwards.
 fn may_match_a_disconnect(filter: &str) -> bool {
-    let filter = match filter.strip_prefix("$share/") {
-        Some(shared) => shared.split_once('/').map_or("", |(_, f)| f),
-        None => filter,
-    };
+    let filter = thingd_topic::parse_shared(filter).map_or(filter, |(_, f)| f);
     let mut levels = filter.split('/');
     for wanted in ["$aws", "events", "presence", "disconnected"] {
         match levels.next() {
