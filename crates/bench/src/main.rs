@@ -461,6 +461,11 @@ fn machine() -> String {
     )
 }
 
+/// A steal share as printed on stderr and in the report header.
+fn steal_text(percent: Option<f64>) -> String {
+    percent.map_or("unknown".to_owned(), |p| format!("{p:.1}%"))
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -638,8 +643,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                                 m.sent,
                                 m.done,
                                 m.expected,
-                                m.steal_percent
-                                    .map_or("unknown".to_owned(), |p| format!("{p:.1}%"))
+                                steal_text(m.steal_percent)
                             ),
                             Err(e) => eprintln!("FAILED: {e}"),
                         }
@@ -657,8 +661,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let load_after = loadavg();
     let steal = machine_before
         .zip(brokers::MachineCpu::read().ok())
-        .and_then(|(before, after)| before.steal_percent_until(&after))
-        .map_or("unknown".to_owned(), |p| format!("{p:.1}%"));
+        .and_then(|(before, after)| before.steal_percent_until(&after));
+    let steal = steal_text(steal);
 
     report.sort();
     let tables = report.tables();
