@@ -93,6 +93,14 @@ impl SharedFrames {
     }
 }
 
+#[cfg(test)]
+impl SharedFrames {
+    /// Encodings kept.
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+}
+
 impl Clone for SharedFrames {
     fn clone(&self) -> Self {
         SharedFrames::default()

@@ -15,57 +15,138 @@ use std::task::{Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use thingd_mqtt::{PlainPublish, ProtocolVersion, QoS};
 
+use crate::message::AppMsg;
 use crate::pace::Drain;
 use crate::session::Control;
 
 /// Frames kept allocated while the queue is empty; a larger buffer left by a burst is freed.
 const IDLE_SLOTS: usize = 64;
 
-/// An encoded packet waiting to be written. A fan-out shares one encoding of a message
-/// between its receivers; each QoS 1/2 receiver's packet id is written into its copy as the
-/// frame is copied into the write buffer, so queuing it allocates nothing.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Frame {
-    bytes: Bytes,
-    /// Where the packet id goes, and the id (0: the frame is sent as it is).
-    id_at: u32,
+/// A packet waiting to be written: encoded already, or a PUBLISH written straight from its
+/// message when it is copied into the write buffer.
+#[derive(Clone, Debug)]
+pub(crate) struct Frame(Body);
+
+#[derive(Clone, Debug)]
+enum Body {
+    /// A fan-out shares one encoding of a message between its receivers; each QoS 1/2
+    /// receiver's packet id is written into its copy as the frame is copied into the write
+    /// buffer, so queuing it allocates nothing.
+    Encoded {
+        bytes: Bytes,
+        /// Where the packet id goes, and the id (0: the frame is sent as it is).
+        id_at: u32,
+        id: u16,
+    },
+    /// A PUBLISH without properties, the most common kind: no encoding of its own is
+    /// allocated, filled, queued and freed.
+    Plain(PlainFrame),
+}
+
+/// A PUBLISH without properties, written from its message's topic and payload.
+#[derive(Clone, Debug)]
+struct PlainFrame {
+    msg: Arc<AppMsg>,
+    qos: QoS,
+    retain: bool,
+    /// 0 for QoS 0.
     id: u16,
+    version: ProtocolVersion,
+}
+
+impl PlainFrame {
+    fn parts(&self) -> PlainPublish<'_> {
+        PlainPublish {
+            dup: false,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.msg.topic,
+            packet_id: (self.id != 0).then_some(self.id),
+            payload: &self.msg.payload,
+        }
+    }
 }
 
 impl Frame {
     /// `bytes` with the two bytes at `at` replaced by `id` when written.
     pub(crate) fn with_packet_id(bytes: Bytes, at: usize, id: u16) -> Option<Frame> {
         bytes.get(at..at.checked_add(2)?)?;
-        Some(Frame {
+        Some(Frame(Body::Encoded {
             bytes,
             id_at: u32::try_from(at).ok()?,
             id,
-        })
+        }))
+    }
+
+    /// The PUBLISH of `msg` without properties (the caller knows that `version` needs none
+    /// for this receiver), with its own `qos`, `retain` and `packet_id`; `None` (logged) if
+    /// the codec would refuse it.
+    pub(crate) fn publish(
+        msg: &Arc<AppMsg>,
+        qos: QoS,
+        retain: bool,
+        packet_id: Option<u16>,
+        version: ProtocolVersion,
+    ) -> Option<Frame> {
+        let plain = PlainFrame {
+            msg: msg.clone(),
+            qos,
+            retain,
+            id: packet_id.unwrap_or(0),
+            version,
+        };
+        if let Err(e) = plain.parts().check() {
+            tracing::warn!(error = %e, "cannot encode packet");
+            return None;
+        }
+        Some(Frame(Body::Plain(plain)))
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.bytes.len()
+        match &self.0 {
+            Body::Encoded { bytes, .. } => bytes.len(),
+            Body::Plain(plain) => plain.parts().encoded_len(plain.version),
+        }
+    }
+
+    /// The bytes the frame puts on the wire.
+    #[cfg(test)]
+    pub(crate) fn wire(&self) -> BytesMut {
+        let mut out = BytesMut::new();
+        self.copy_to(&mut out);
+        out
     }
 
     /// Appends the frame, with its packet id, to `out`.
     pub(crate) fn copy_to(&self, out: &mut BytesMut) {
-        let start = out.len();
-        out.extend_from_slice(&self.bytes);
-        if self.id != 0 {
-            let at = start + self.id_at as usize;
-            out[at..at + 2].copy_from_slice(&self.id.to_be_bytes());
+        match &self.0 {
+            Body::Encoded { bytes, id_at, id } => {
+                let start = out.len();
+                out.extend_from_slice(bytes);
+                if *id != 0 {
+                    let at = start + *id_at as usize;
+                    out[at..at + 2].copy_from_slice(&id.to_be_bytes());
+                }
+            }
+            Body::Plain(plain) => {
+                if let Err(e) = plain.parts().encode(plain.version, out) {
+                    // Not expected: `publish` made the same checks. Nothing was appended.
+                    tracing::warn!(error = %e, "cannot encode packet");
+                }
+            }
         }
     }
 }
 
 impl From<Bytes> for Frame {
     fn from(bytes: Bytes) -> Frame {
-        Frame {
+        Frame(Body::Encoded {
             bytes,
             id_at: 0,
             id: 0,
-        }
+        })
     }
 }
 
@@ -254,6 +335,12 @@ mod tests {
     use std::time::Duration;
     use thingd_mqtt::ReasonCode;
 
+    /// A queued frame costs what it did when every frame was an encoding.
+    #[test]
+    fn a_frame_is_small() {
+        assert!(size_of::<Frame>() <= 40, "{}", size_of::<Frame>());
+    }
+
     #[test]
     fn bounded_in_frames() {
         let (tx, mut rx) = outbound(2);
@@ -261,10 +348,10 @@ mod tests {
         assert!(tx.try_send(Bytes::from_static(b"b").into()).is_ok());
         assert_eq!(tx.free(), 0);
         assert!(tx.try_send(Bytes::from_static(b"c").into()).is_err());
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"a").into()));
+        assert_eq!(rx.try_recv().map(|f| f.wire()), Some("a".into()));
         assert_eq!(tx.free(), 1);
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"b").into()));
-        assert_eq!(rx.try_recv(), None);
+        assert_eq!(rx.try_recv().map(|f| f.wire()), Some("b".into()));
+        assert!(rx.try_recv().is_none());
     }
 
     #[tokio::test]

@@ -638,17 +638,26 @@ fn shareable(link: &Link, d: &Delivery) -> bool {
     !link.aliases.enabled() && d.sub_ids.is_empty() && !d.dup
 }
 
-/// The frame of a shareable delivery, encoded once per message, version, QoS and expiry
-/// second (`SharedFrames`: fan-out to many receivers encodes each message once, also when
-/// it goes out later from the receivers' queues); a QoS 1/2 receiver's packet id is written
-/// in when the frame is copied out (`Frame`). Retained messages sent on SUBSCRIBE are
-/// encoded for their receiver alone: a frame kept with one would last as long as it does.
+/// The frame of a shareable delivery. One that carries no properties for `link` (any
+/// message for MQTT 3.1.1; one with no forwarded properties and no expiry for 5) is written
+/// from the message when the connection copies it out, and never encoded on its own.
+/// Others are encoded once per message, version, QoS and expiry second (`SharedFrames`:
+/// fan-out to many receivers encodes each message once, also when it goes out later from the
+/// receivers' queues); a QoS 1/2 receiver's packet id is written in when the frame is copied
+/// out (`Frame`). Retained messages sent on SUBSCRIBE are encoded for their receiver alone:
+/// a frame kept with one would last as long as it does.
 fn shared_frame(
     link: &mut Link,
     d: &Delivery,
     pid: Option<u16>,
     fx: &mut Effects,
 ) -> Option<Frame> {
+    let plain = link.version == ProtocolVersion::V311
+        || (d.msg.props.is_none() && d.msg.expires_at.is_none());
+    if plain {
+        let pid = pid.filter(|_| d.qos != QoS::AtMostOnce);
+        return Frame::publish(&d.msg, d.qos, d.retain, pid, link.version);
+    }
     let now_ms = fx.now_ms;
     let frame = if d.retain || !fx.share_frames {
         build_frame(link, d, pid.map(|_| 1), false, now_ms)
@@ -1046,6 +1055,62 @@ mod tests {
             got.copy_to(&mut wire);
             assert!(wire.windows(9).any(|w| w == b"fleet/cmd"));
             assert!(rx.try_recv().is_none(), "fleet/secret is not");
+        }
+    }
+
+    /// A delivery that carries no properties for its receiver is written from the message
+    /// (nothing is encoded and kept with it) and is, byte for byte, what encoding its PUBLISH
+    /// gives; one that carries some for MQTT 5 is encoded once and shared.
+    #[test]
+    fn deliveries_without_properties_are_written_from_the_message() {
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                for (retain, props, expiry) in [
+                    (false, false, false),
+                    (true, false, false),
+                    (false, true, false),
+                    (false, false, true),
+                ] {
+                    let case = format!(
+                        "{version:?} {qos:?} retain={retain} props={props} expiry={expiry}"
+                    );
+                    let mut s = Session::new(Arc::from("r"), version, 0);
+                    let mut rx = online(&mut s, 16);
+                    s.conn.as_mut().unwrap().version = version;
+                    let mut d = delivery("fleet/a/telemetry", qos);
+                    d.retain = retain;
+                    let msg = Arc::get_mut(&mut d.msg).unwrap();
+                    msg.payload = Bytes::from(vec![b'p'; 300]);
+                    if props {
+                        msg.props = Some(Box::new(Properties {
+                            content_type: Some(ByteStr::from("text/plain")),
+                            ..Properties::default()
+                        }));
+                    }
+                    if expiry {
+                        msg.expires_at = Some(60_000);
+                    }
+                    let mut fx = Effects::new(0, 10);
+                    s.offer(d.clone(), &mut fx);
+                    let frame = rx.try_recv().expect("sent at once");
+                    let wire = frame.wire();
+                    assert_eq!(frame.len(), wire.len(), "{case}");
+                    let sent = thingd_mqtt::decode(&mut wire.clone(), version, usize::MAX);
+                    let Ok(Some(Packet::Publish(sent))) = sent else {
+                        panic!("{case}: {sent:?}");
+                    };
+                    assert_eq!(sent.packet_id.is_some(), qos != QoS::AtMostOnce, "{case}");
+                    let expected = encode_frame(
+                        &Packet::Publish(publish_packet(&d, sent.packet_id, false, 0, version)),
+                        version,
+                    )
+                    .unwrap();
+                    assert_eq!(&wire[..], &expected[..], "{case}");
+                    let plain = version == ProtocolVersion::V311 || !(props || expiry);
+                    let shared = !plain && !retain;
+                    assert_eq!(d.msg.frames.len(), usize::from(shared), "{case}");
+                }
+            }
         }
     }
 

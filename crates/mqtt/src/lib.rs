@@ -45,7 +45,8 @@ mod packet;
 mod reason;
 
 pub use codec::{
-    DecodeError, EncodeError, decode, decode_short_ack, encode, encode_to_bytes, encoded_len,
+    DecodeError, EncodeError, PlainPublish, decode, decode_short_ack, encode, encode_to_bytes,
+    encoded_len,
 };
 pub use packet::*;
 pub use reason::ReasonCode;

@@ -37,6 +37,7 @@ mod tests;
 use bytes::{Bytes, BytesMut};
 
 pub use error::{DecodeError, EncodeError};
+pub use publish::PlainPublish;
 
 use fixed_header::{FixedHeader, PacketType};
 use reader::{Reader, VARINT_MAX};

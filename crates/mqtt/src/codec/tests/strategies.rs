@@ -260,7 +260,7 @@ fn connack(version: ProtocolVersion) -> impl Strategy<Value = ConnAck> {
         })
 }
 
-fn publish(version: ProtocolVersion) -> impl Strategy<Value = Publish> {
+pub(crate) fn publish(version: ProtocolVersion) -> impl Strategy<Value = Publish> {
     (
         qos(),
         any::<bool>(),
