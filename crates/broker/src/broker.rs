@@ -231,13 +231,15 @@ impl Shared {
         routes: &mut Option<Box<Routes>>,
         mut committed: impl FnMut(usize, Option<oneshot::Receiver<bool>>),
     ) -> Vec<crate::pace::SlowReceiver> {
-        // Most reads carry one PUBLISH: its effects stay on the stack.
+        // Most reads carry one PUBLISH: its effects stay on the stack. The messages of one
+        // call arrived together and share one reading of the clock.
+        let now_ms = self.clock.now_ms();
         let mut fxs: SmallVec<[Effects; 1]> = msgs
             .iter()
             .map(|msg| {
                 let msg = msg.borrow();
                 metrics::message_in(msg.qos);
-                let mut fx = self.effects();
+                let mut fx = Effects::new(now_ms, self.config.max_queued_messages);
                 if msg.retain {
                     let op = self.retained.set(msg);
                     if msg.qos == QoS::AtMostOnce {

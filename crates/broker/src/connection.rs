@@ -656,15 +656,18 @@ impl Conn {
                 id_stored = self.shared.commit(fx);
             }
         }
-        let now = self.shared.clock.now_ms();
-        let expiry = p.properties.message_expiry_interval.map(|s| s.max(1));
+        // Only a message with an expiry needs the time (reading the clock is not free).
+        let expires_at = p.properties.message_expiry_interval.and_then(|secs| {
+            let now = self.shared.clock.now_ms();
+            expiry_from(Some(secs.max(1)), cfg.max_message_expiry, now)
+        });
         let msg = Arc::new(AppMsg {
             topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
             props: forwardable(&p.properties),
-            expires_at: expiry_from(expiry, cfg.max_message_expiry, now),
+            expires_at,
             origin: Some(self.client_id.clone()),
             frames: Default::default(),
         });
