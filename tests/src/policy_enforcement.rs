@@ -256,8 +256,23 @@ async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_l
         ))
         .await?;
     assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (4, 0x87));
+    // Allowed (and not for this device to receive), and the last decision the connection
+    // made before the change below.
+    client
+        .send(&publish(
+            true,
+            "fleet/other/x",
+            1,
+            false,
+            5,
+            &[],
+            b"allowed",
+        ))
+        .await?;
+    assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (5, 0x00));
 
-    // Detaching the policy stops the next publish on the live connection.
+    // Detaching the policy stops the next publish on the live connection, to the topic it
+    // was last allowed too.
     {
         let arn = arn.clone();
         store
@@ -268,15 +283,27 @@ async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_l
     client
         .send(&publish(
             true,
-            "fleet/sensor-1/x",
+            "fleet/other/x",
             1,
             false,
-            5,
+            6,
             &[],
             b"after detach",
         ))
         .await?;
-    assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (5, 0x87));
+    assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (6, 0x87));
+    client
+        .send(&publish(
+            true,
+            "fleet/sensor-1/x",
+            1,
+            false,
+            7,
+            &[],
+            b"after detach",
+        ))
+        .await?;
+    assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (7, 0x87));
     Ok(())
 }
 

@@ -410,6 +410,7 @@ async fn accept(
         client_id,
         conn_id,
         version: c.protocol,
+        publish_memo: crate::connection::PublishMemo::new(policy.as_ref()),
         policy,
         keep_alive: (!internal_conn).then_some(keep_alive),
         problem_info,

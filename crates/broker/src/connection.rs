@@ -5,6 +5,7 @@
 use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -121,6 +122,7 @@ pub(crate) struct Conn {
     pub(crate) conn_id: u64,
     pub(crate) version: ProtocolVersion,
     pub(crate) policy: Arc<dyn ConnectionPolicy>,
+    pub(crate) publish_memo: PublishMemo,
     /// None: no keep-alive (internal clients).
     pub(crate) keep_alive: Option<u16>,
     pub(crate) problem_info: bool,
@@ -131,6 +133,50 @@ pub(crate) struct Conn {
     pub(crate) rate_window: (u64, u32),
     /// Receivers this connection's publishes filled up: it reads no more until they drain.
     pub(crate) pacing: Pacing,
+}
+
+/// A connection's last publish decision and the policy epoch it was made at
+/// (`ConnectionPolicy::decision_epoch`). A device mostly publishes to one topic: while the
+/// epoch stays, the policy is not asked again for it.
+pub(crate) struct PublishMemo {
+    epoch: Option<Arc<AtomicU64>>,
+    /// (epoch, topic, retain, allowed). The topic is copied: one shared with a message would
+    /// keep the read buffer it came in alive as long as the connection lasts.
+    last: Option<(u64, Vec<u8>, bool, bool)>,
+}
+
+impl PublishMemo {
+    pub(crate) fn new(policy: &dyn ConnectionPolicy) -> PublishMemo {
+        PublishMemo {
+            epoch: policy.decision_epoch(),
+            last: None,
+        }
+    }
+
+    /// `policy.can_publish(topic, retain)`, remembered for the next PUBLISH.
+    fn can_publish(&mut self, policy: &dyn ConnectionPolicy, topic: &str, retain: bool) -> bool {
+        let Some(epoch) = &self.epoch else {
+            return policy.can_publish(topic, retain);
+        };
+        // Read before asking: a decision made while the epoch moves is kept under the older
+        // value, and asked for again next time.
+        let now = epoch.load(Ordering::SeqCst);
+        if let Some((at, name, r, allowed)) = &self.last
+            && *at == now
+            && *r == retain
+            && name.as_slice() == topic.as_bytes()
+        {
+            return *allowed;
+        }
+        let allowed = policy.can_publish(topic, retain);
+        let (at, name, r, a) = self
+            .last
+            .get_or_insert_with(|| (now, Vec::new(), retain, allowed));
+        (*at, *r, *a) = (now, retain, allowed);
+        name.clear();
+        name.extend_from_slice(topic.as_bytes());
+        allowed
+    }
 }
 
 enum Event {
@@ -617,7 +663,9 @@ impl Conn {
             }
             return Ok(());
         }
-        let allowed = self.policy.can_publish(&topic, p.retain)
+        let allowed = self
+            .publish_memo
+            .can_publish(self.policy.as_ref(), &topic, p.retain)
             && (!p.retain || reserved::retain_allowed(&topic));
         if !allowed {
             tracing::debug!(client_id = %self.client_id, %topic, "publish not authorized");
@@ -1070,5 +1118,75 @@ impl Conn {
             });
         }
         tracing::info!(client_id = %self.client_id, reason = ?end, "client disconnected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Allows topics under `allowed/`, counts how often it is asked, and names an epoch.
+    struct Counting {
+        asked: AtomicUsize,
+        epoch: Option<Arc<AtomicU64>>,
+    }
+
+    impl ConnectionPolicy for Counting {
+        fn can_publish(&self, topic: &str, retain: bool) -> bool {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            topic.starts_with("allowed/") && !retain
+        }
+        fn can_subscribe(&self, _filter: &str) -> bool {
+            false
+        }
+        fn can_receive(&self, _topic: &str) -> bool {
+            false
+        }
+        fn decision_epoch(&self) -> Option<Arc<AtomicU64>> {
+            self.epoch.clone()
+        }
+    }
+
+    fn asked(policy: &Counting) -> usize {
+        policy.asked.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_publish_decision_is_asked_again_only_for_another_topic_flag_or_epoch() {
+        let epoch = Arc::new(AtomicU64::new(5));
+        let policy = Counting {
+            asked: AtomicUsize::new(0),
+            epoch: Some(epoch.clone()),
+        };
+        let mut memo = PublishMemo::new(&policy);
+        assert!(memo.can_publish(&policy, "allowed/a", false));
+        assert!(memo.can_publish(&policy, "allowed/a", false));
+        assert_eq!(asked(&policy), 1, "the same topic is remembered");
+        assert!(
+            !memo.can_publish(&policy, "allowed/a", true),
+            "RETAIN asks again"
+        );
+        assert!(!memo.can_publish(&policy, "denied/a", false));
+        assert!(!memo.can_publish(&policy, "denied/a", false));
+        assert_eq!(asked(&policy), 3, "a denial is remembered too");
+        assert!(memo.can_publish(&policy, "allowed/a", false));
+        assert_eq!(asked(&policy), 4, "only the last decision is kept");
+        epoch.fetch_add(1, Ordering::SeqCst);
+        assert!(memo.can_publish(&policy, "allowed/a", false));
+        assert_eq!(asked(&policy), 5, "a moved epoch asks again");
+    }
+
+    #[test]
+    fn a_policy_without_an_epoch_is_asked_every_time() {
+        let policy = Counting {
+            asked: AtomicUsize::new(0),
+            epoch: None,
+        };
+        let mut memo = PublishMemo::new(&policy);
+        for _ in 0..3 {
+            assert!(memo.can_publish(&policy, "allowed/a", false));
+        }
+        assert_eq!(asked(&policy), 3);
     }
 }

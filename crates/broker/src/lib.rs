@@ -163,11 +163,13 @@ pub trait ConnectionPolicy: Send + Sync + 'static {
     fn receive_token(&self) -> Option<u64> {
         None
     }
-    /// A counter that moves whenever `receive_token` may give another answer (for example a
-    /// registry generation shared by every connection). With one, the broker keeps each
-    /// connection's token and asks for it again only after the counter moved, so a fan-out
-    /// does not touch every receiver's policy. `None` (the default): ask on every delivery.
-    fn receive_token_epoch(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+    /// A counter that moves whenever any answer of this policy may change (`can_publish`,
+    /// `can_subscribe`, `can_receive`, `receive_token`), for example a registry generation
+    /// shared by every connection. With one, the broker keeps each connection's receive token
+    /// and last publish decision, and asks again only after the counter moved: a fan-out does
+    /// not touch every receiver's policy, nor a device's every PUBLISH its own. `None` (the
+    /// default): ask every time.
+    fn decision_epoch(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
         None
     }
 }

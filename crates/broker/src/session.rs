@@ -80,7 +80,7 @@ pub(crate) struct ReceiveToken {
 impl ReceiveToken {
     pub(crate) fn new(policy: &dyn ConnectionPolicy) -> ReceiveToken {
         ReceiveToken {
-            epoch: policy.receive_token_epoch(),
+            epoch: policy.decision_epoch(),
             read_at: u64::MAX,
             token: None,
             last: None,
@@ -914,7 +914,7 @@ mod tests {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.token
         }
-        fn receive_token_epoch(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+        fn decision_epoch(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
             self.epoch.clone()
         }
     }

@@ -42,8 +42,8 @@ struct Inner {
     registry: CertificateRegistry,
     arns: Arns,
     /// Moves whenever the registry revision moves; connections compiled under an older
-    /// generation recompile. Shared with the broker as every connection's receive-token
-    /// epoch (`ConnectionPolicy::receive_token_epoch`).
+    /// generation recompile. Shared with the broker as every connection's decision epoch
+    /// (`ConnectionPolicy::decision_epoch`).
     generation: Arc<AtomicU64>,
     /// The things attached to each certificate: (thing name, association kind).
     attached: RegistryCache<String, AttachedThings>,
@@ -366,7 +366,7 @@ impl ConnectionPolicy for LivePolicy {
     fn receive_token(&self) -> Option<u64> {
         self.with_current(|c| c.receive_token).flatten()
     }
-    fn receive_token_epoch(&self) -> Option<Arc<AtomicU64>> {
+    fn decision_epoch(&self) -> Option<Arc<AtomicU64>> {
         Some(self.inner.generation.clone())
     }
 }
