@@ -1,4 +1,4 @@
-//! A connection's outbound queue: encoded frames from the fan-out and orders from elsewhere
+//! A connection's outbound queue: frames from the fan-out (see `Frame`) and orders from elsewhere
 //! (see `Control`), for the one task that writes to the connection's socket.
 //!
 //! One small allocation per connection that grows only while frames wait, in place of the
