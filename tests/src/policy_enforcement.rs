@@ -72,6 +72,20 @@ async fn next_frame(client: &mut RawClient) -> anyhow::Result<crate::raw_protoco
     }
 }
 
+/// Sends a QoS 1 MQTT 5 PUBLISH and reads the PUBACK that answers it: (packet id, reason).
+async fn publish_acked(
+    client: &mut RawClient,
+    topic: &str,
+    retain: bool,
+    pkid: u16,
+    payload: &[u8],
+) -> anyhow::Result<(u16, u8)> {
+    client
+        .send(&publish(true, topic, 1, retain, pkid, &[], payload))
+        .await?;
+    next_frame(client).await?.ack(kind::PUBACK)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioned_device_has_exactly_its_own_topics() -> TestResult {
     let server = TestServer::start().await?;
@@ -244,32 +258,12 @@ async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_l
     }
     assert_eq!(delivered, vec!["fleet/sensor-1/x".to_owned()]);
     // RETAIN needs iot:RetainPublish, which this policy does not grant.
-    client
-        .send(&publish(
-            true,
-            "fleet/sensor-1/state",
-            1,
-            true,
-            4,
-            &[],
-            b"on",
-        ))
-        .await?;
-    assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (4, 0x87));
+    let denied = publish_acked(&mut client, "fleet/sensor-1/state", true, 4, b"on").await?;
+    assert_eq!(denied, (4, 0x87));
     // Allowed (and not for this device to receive), and the last decision the connection
     // made before the change below.
-    client
-        .send(&publish(
-            true,
-            "fleet/other/x",
-            1,
-            false,
-            5,
-            &[],
-            b"allowed",
-        ))
-        .await?;
-    assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (5, 0x00));
+    let allowed = publish_acked(&mut client, "fleet/other/x", false, 5, b"allowed").await?;
+    assert_eq!(allowed, (5, 0x00));
 
     // Detaching the policy stops the next publish on the live connection, to the topic it
     // was last allowed too.
@@ -280,30 +274,10 @@ async fn policy_variables_receive_and_retain_are_enforced_and_changes_apply_to_l
             .await?;
     }
     tokio::time::sleep(REGISTRY_PROPAGATION).await;
-    client
-        .send(&publish(
-            true,
-            "fleet/other/x",
-            1,
-            false,
-            6,
-            &[],
-            b"after detach",
-        ))
-        .await?;
-    assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (6, 0x87));
-    client
-        .send(&publish(
-            true,
-            "fleet/sensor-1/x",
-            1,
-            false,
-            7,
-            &[],
-            b"after detach",
-        ))
-        .await?;
-    assert_eq!(next_frame(&mut client).await?.ack(kind::PUBACK)?, (7, 0x87));
+    for (pkid, topic) in [(6, "fleet/other/x"), (7, "fleet/sensor-1/x")] {
+        let after = publish_acked(&mut client, topic, false, pkid, b"after detach").await?;
+        assert_eq!(after, (pkid, 0x87), "{topic}");
+    }
     Ok(())
 }
 
