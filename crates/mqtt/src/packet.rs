@@ -6,36 +6,37 @@
 //! `Bytes`/`ByteStr` slices of the read buffer, so decoding a PUBLISH copies nothing.
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::reason::ReasonCode;
 
 /// A UTF-8 string that shares its bytes with the buffer it was decoded from.
 ///
-/// Constructed only from validated UTF-8, so `as_str` never fails.
+/// Constructed only from validated UTF-8, so reading it as a `&str` checks nothing again
+/// (`bytestring::ByteString` keeps that promise; topics are read as strings several times
+/// per delivery).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct ByteStr(Bytes);
+pub struct ByteStr(ByteString);
 
 impl ByteStr {
     /// Wraps bytes that are valid UTF-8; returns `None` if they are not.
     pub fn from_utf8(bytes: Bytes) -> Option<Self> {
-        std::str::from_utf8(&bytes).ok()?;
-        Some(Self(bytes))
+        ByteString::try_from(bytes).ok().map(Self)
     }
 
     /// A `ByteStr` from a static string.
     pub const fn from_static(s: &'static str) -> Self {
-        Self(Bytes::from_static(s.as_bytes()))
+        Self(ByteString::from_static(s))
     }
 
     /// The string.
     pub fn as_str(&self) -> &str {
-        // The constructors only accept valid UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 
     /// The underlying bytes.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        self.0.as_bytes()
     }
 
     /// The length in bytes.
@@ -51,13 +52,13 @@ impl ByteStr {
 
 impl From<&str> for ByteStr {
     fn from(s: &str) -> Self {
-        Self(Bytes::copy_from_slice(s.as_bytes()))
+        Self(ByteString::from(s))
     }
 }
 
 impl From<String> for ByteStr {
     fn from(s: String) -> Self {
-        Self(Bytes::from(s))
+        Self(ByteString::from(s))
     }
 }
 
