@@ -183,7 +183,13 @@ impl Shared {
     }
 
     pub(crate) fn effects(&self) -> Effects {
-        Effects::new(self.clock.now_ms(), self.config.max_queued_messages)
+        self.effects_at(self.clock.now_ms())
+    }
+
+    /// Effects for work done at `now_ms` (several messages that arrived together share one
+    /// reading of the clock).
+    pub(crate) fn effects_at(&self, now_ms: u64) -> Effects {
+        Effects::new(now_ms, self.config.max_queued_messages)
     }
 
     /// Submits the writes gathered in `fx`. The returned receiver yields whether the durable
@@ -239,7 +245,7 @@ impl Shared {
             .map(|msg| {
                 let msg = msg.borrow();
                 metrics::message_in(msg.qos);
-                let mut fx = Effects::new(now_ms, self.config.max_queued_messages);
+                let mut fx = self.effects_at(now_ms);
                 if msg.retain {
                     let op = self.retained.set(msg);
                     if msg.qos == QoS::AtMostOnce {

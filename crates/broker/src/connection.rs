@@ -27,7 +27,7 @@ use crate::message::{AppMsg, Delivery, expiry_from, forwardable};
 use crate::outbound::Received;
 use crate::pace::Pacing;
 use crate::routes::Routes;
-use crate::session::{Control, Effects, SessionCell, SubRecord, pubrel};
+use crate::session::{Control, Effects, LastDecision, SessionCell, SubRecord, pubrel};
 use crate::{ConnectionInfo, ConnectionPolicy, metrics, reserved};
 
 /// Most bytes gathered from the outbound queue before one write.
@@ -140,16 +140,15 @@ pub(crate) struct Conn {
 /// epoch stays, the policy is not asked again for it.
 pub(crate) struct PublishMemo {
     epoch: Option<Arc<AtomicU64>>,
-    /// (epoch, topic, retain, allowed). The topic is copied: one shared with a message would
-    /// keep the read buffer it came in alive as long as the connection lasts.
-    last: Option<(u64, Vec<u8>, bool, bool)>,
+    /// Keyed by the epoch and the RETAIN flag.
+    last: LastDecision<(u64, bool)>,
 }
 
 impl PublishMemo {
     pub(crate) fn new(policy: &dyn ConnectionPolicy) -> PublishMemo {
         PublishMemo {
             epoch: policy.decision_epoch(),
-            last: None,
+            last: LastDecision::default(),
         }
     }
 
@@ -160,21 +159,12 @@ impl PublishMemo {
         };
         // Read before asking: a decision made while the epoch moves is kept under the older
         // value, and asked for again next time.
-        let now = epoch.load(Ordering::SeqCst);
-        if let Some((at, name, r, allowed)) = &self.last
-            && *at == now
-            && *r == retain
-            && name.as_slice() == topic.as_bytes()
-        {
-            return *allowed;
+        let key = (epoch.load(Ordering::SeqCst), retain);
+        if let Some(allowed) = self.last.recall(key, topic.as_bytes()) {
+            return allowed;
         }
         let allowed = policy.can_publish(topic, retain);
-        let (at, name, r, a) = self
-            .last
-            .get_or_insert_with(|| (now, Vec::new(), retain, allowed));
-        (*at, *r, *a) = (now, retain, allowed);
-        name.clear();
-        name.extend_from_slice(topic.as_bytes());
+        self.last.remember(key, topic.as_bytes(), allowed);
         allowed
     }
 }

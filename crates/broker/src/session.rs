@@ -70,11 +70,9 @@ pub(crate) struct ReceiveToken {
     epoch: Option<Arc<AtomicU64>>,
     read_at: u64,
     token: Option<u64>,
-    /// The last decision made under a token: (token, topic, allowed). A receiver's queue
-    /// mostly holds messages on one topic, and each goes out after a PUBACK, one at a time;
-    /// the topic is copied (a topic shared with the message would keep the publisher's
-    /// read buffer alive as long as the connection lasts).
-    last: Option<(u64, Vec<u8>, bool)>,
+    /// The last decision made under a token. A receiver's queue mostly holds messages on
+    /// one topic, and each goes out after a PUBACK, one at a time.
+    last: LastDecision<u64>,
 }
 
 impl ReceiveToken {
@@ -83,28 +81,17 @@ impl ReceiveToken {
             epoch: policy.decision_epoch(),
             read_at: u64::MAX,
             token: None,
-            last: None,
+            last: LastDecision::default(),
         }
     }
 
     /// The decision last remembered for `topic` under `token`.
     fn recall(&self, token: u64, topic: &ByteStr) -> Option<bool> {
-        match &self.last {
-            Some((t, name, allowed)) if *t == token && name.as_slice() == &topic.as_bytes()[..] => {
-                Some(*allowed)
-            }
-            _ => None,
-        }
+        self.last.recall(token, topic.as_bytes())
     }
 
     fn remember(&mut self, token: u64, topic: &ByteStr, allowed: bool) {
-        let (t, name, a) = self
-            .last
-            .get_or_insert_with(|| (token, Vec::new(), allowed));
-        *t = token;
-        *a = allowed;
-        name.clear();
-        name.extend_from_slice(topic.as_bytes());
+        self.last.remember(token, topic.as_bytes(), allowed);
     }
 
     fn get(&mut self, policy: &dyn ConnectionPolicy) -> Option<u64> {
@@ -119,6 +106,35 @@ impl ReceiveToken {
             self.read_at = now;
         }
         self.token
+    }
+}
+
+/// The last authorization decision a connection made for one topic, under `key` (what else
+/// the decision depended on: a receive token, or a policy epoch and the RETAIN flag). The
+/// topic is copied: one shared with a message would keep the read buffer it came in alive
+/// as long as the connection lasts.
+pub(crate) struct LastDecision<K>(Option<(K, Vec<u8>, bool)>);
+
+impl<K> Default for LastDecision<K> {
+    fn default() -> Self {
+        LastDecision(None)
+    }
+}
+
+impl<K: PartialEq + Copy> LastDecision<K> {
+    /// The decision remembered for `topic` under `key`, if that is the last one made.
+    pub(crate) fn recall(&self, key: K, topic: &[u8]) -> Option<bool> {
+        match &self.0 {
+            Some((k, name, allowed)) if *k == key && name.as_slice() == topic => Some(*allowed),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remember(&mut self, key: K, topic: &[u8], allowed: bool) {
+        let (k, name, a) = self.0.get_or_insert_with(|| (key, Vec::new(), allowed));
+        (*k, *a) = (key, allowed);
+        name.clear();
+        name.extend_from_slice(topic);
     }
 }
 
