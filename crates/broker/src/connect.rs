@@ -86,8 +86,36 @@ fn close(text: &'static str) -> Refusal {
     }
 }
 
-/// Runs the CONNECT exchange. `None`: the connection was refused and must be closed.
+/// What only the CONNECT exchange needs of a new connection. It travels boxed into the
+/// exchange, which consumes it: inline, it would stay in the connection's future (and so in
+/// every idle connection's task) for the connection's whole life.
+pub(crate) struct Opening {
+    pub(crate) info: ConnectionInfo,
+    /// In-process clients: the policy they run under (they raise no events).
+    pub(crate) internal: Option<Arc<dyn ConnectionPolicy>>,
+}
+
+/// Runs the CONNECT exchange. `None`: the connection was refused, and its stream has been
+/// shut down (within a second) and must be dropped.
 pub(crate) async fn handshake<S>(
+    shared: &Arc<Shared>,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    opening: Box<Opening>,
+) -> Option<Accepted>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Opening { info, internal } = *opening;
+    let accepted = exchange_connect(shared, stream, rbuf, &info, internal).await;
+    if accepted.is_none() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.shutdown()).await;
+    }
+    accepted
+}
+
+/// Reads the CONNECT and answers it; `None` when refused.
+async fn exchange_connect<S>(
     shared: &Arc<Shared>,
     stream: &mut S,
     rbuf: &mut BytesMut,
@@ -298,7 +326,9 @@ async fn accept(
     };
     let expiry = cfg.effective_session_expiry(requested_expiry);
 
-    // Connection state and session.
+    // Connection state and session. The principal is shared by the session's link, the
+    // connection and its events.
+    let principal: Option<Arc<str>> = info.principal.as_deref().map(Arc::from);
     let conn_id = shared.next_conn_id();
     let (tx, rx) = crate::outbound::outbound(cfg.outbound_queue);
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
@@ -307,7 +337,7 @@ async fn accept(
         version: c.protocol,
         tx,
         policy: policy.clone(),
-        principal: info.principal.clone(),
+        principal: principal.clone(),
         max_packet: c
             .properties
             .maximum_packet_size
@@ -397,13 +427,13 @@ async fn accept(
     if !internal_conn {
         shared.events.send(crate::BrokerEvent::Connected {
             client_id: client_id.clone(),
-            principal: info.principal.as_deref().map(Arc::from),
+            principal: principal.clone(),
             remote_addr: info.remote_addr,
             connection_id: conn_id,
         });
     }
     let conn = Conn {
-        principal: info.principal.as_deref().map(Arc::from),
+        principal,
         internal: internal_conn,
         shared: shared.clone(),
         cell: attached.cell,

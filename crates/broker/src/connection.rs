@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::alias::{AliasError, InAliases};
 use crate::broker::{Shared, SubKey, SubVal, session_record, split_filter};
-use crate::connect::{handshake, packet_name};
+use crate::connect::{Opening, handshake, packet_name};
 use crate::message::{AppMsg, Delivery, expiry_from, forwardable};
 use crate::outbound::Received;
 use crate::pace::Pacing;
@@ -194,6 +194,7 @@ pub(crate) fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let opening = Box::new(Opening { info, internal });
     async move {
         if shared.shutdown.is_cancelled() {
             return;
@@ -205,58 +206,38 @@ where
         // and inline they would be part of every idle connection's task.
         // Each box is made in a statement of its own: a temporary of the awaiting statement
         // would keep its space in this future even after being moved into the box.
-        let connecting = Box::pin(handshake(&shared, &mut stream, &mut rbuf, &info, internal));
+        let connecting = Box::pin(handshake(&shared, &mut stream, &mut rbuf, opening));
         let Some(crate::connect::Accepted { mut conn, mut rx }) = connecting.await else {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
             return;
         };
         if rbuf.is_empty() {
             rbuf = BytesMut::with_capacity(READ_BUF_IDLE);
         }
-        let max_packet = shared.config.max_packet_size;
-        let ka = conn
-            .keep_alive
-            .filter(|k| *k > 0)
-            .map(|k| Duration::from_millis(u64::from(k) * 1500));
-        // Writes that take longer than this mean the client stopped reading.
-        let write_timeout = ka
-            .unwrap_or(Duration::from_secs(60))
-            .max(Duration::from_secs(10));
         // One keep-alive timer for the connection's life, not one per event: it is set for
         // the grace period after the last packet heard when it fires (arming and disarming a
         // timer on every read was a tenth of the broker's own CPU at a fixed message rate).
         let mut last_heard = Instant::now();
-        let keep_alive = tokio::time::sleep_until(last_heard + ka.unwrap_or(Duration::ZERO));
+        let grace = conn.keep_alive_grace().unwrap_or(Duration::ZERO);
+        let keep_alive = tokio::time::sleep_until(last_heard + grace);
         let mut keep_alive = std::pin::pin!(keep_alive);
-        let read_limit = match conn.version {
-            ProtocolVersion::V311 => usize::from(shared.config.receive_maximum.max(1)),
-            ProtocolVersion::V5 => usize::MAX,
-        };
 
         let end = loop {
             if let Err(e) = conn.flush_acks() {
                 break e;
             }
             if !conn.wbuf.is_empty() {
+                let timeout = write_timeout(conn.keep_alive_grace());
+                let written = write_out(&mut stream, &conn.wbuf, timeout).await;
                 let n = conn.wbuf.len();
-                let mut write = std::pin::pin!(async {
-                    stream.write_all(&conn.wbuf).await?;
-                    stream.flush().await
-                });
-                // Most writes finish at once; only one that has to wait gets a timer.
-                let res =
-                    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                        Poll::Ready(done) => Ok(done),
-                        Poll::Pending => tokio::time::timeout(write_timeout, write).await,
-                    };
                 conn.wbuf.clear();
-                match res {
-                    Ok(Ok(())) => metrics::bytes_out(n),
-                    _ => break End::Lost,
+                if !written {
+                    break End::Lost;
                 }
+                metrics::bytes_out(n);
             }
             let paused = conn.pacing.paused();
-            let can_read = conn.acks.len() < read_limit && !paused;
+            let has_keep_alive = conn.keep_alive_grace().is_some();
+            let can_read = conn.acks.len() < conn.read_limit() && !paused;
             let pacing = &mut conn.pacing;
             let spare = rbuf.capacity() - rbuf.len();
             let acks = &mut conn.acks;
@@ -276,7 +257,7 @@ where
                 // quarter KiB to every idle connection's task.
                 () = async { Box::pin(pacing.resume()).await }, if paused => Event::Resumed,
                 q = rx.recv() => Event::Queue(q),
-                () = &mut keep_alive, if ka.is_some() => Event::KeepAlive,
+                () = &mut keep_alive, if has_keep_alive => Event::KeepAlive,
             };
             match ev {
                 Event::Queue(Received::Control(Control::Close(ReasonCode::SessionTakenOver)))
@@ -288,7 +269,7 @@ where
                 Event::Read(Ok(n)) => {
                     metrics::bytes_in(n);
                     last_heard = Instant::now();
-                    if let Err(e) = conn.handle_buffered(&mut rbuf, max_packet) {
+                    if let Err(e) = conn.handle_buffered(&mut rbuf) {
                         break e;
                     }
                     fit_read_buffer(&mut rbuf, n, spare);
@@ -311,12 +292,12 @@ where
                     conn.pump();
                 }
                 Event::Resumed => {
-                    if let Err(e) = conn.handle_buffered(&mut rbuf, max_packet) {
+                    if let Err(e) = conn.handle_buffered(&mut rbuf) {
                         break e;
                     }
                 }
                 Event::KeepAlive => {
-                    let due = last_heard + ka.unwrap_or(Duration::ZERO);
+                    let due = last_heard + conn.keep_alive_grace().unwrap_or(Duration::ZERO);
                     if due <= Instant::now() {
                         break End::Violation(ReasonCode::KeepAliveTimeout, "keep alive timeout");
                     }
@@ -327,6 +308,33 @@ where
         let finishing = Box::pin(conn.finish(&mut stream, end));
         finishing.await;
     }
+}
+
+/// Writes all of `bytes` to `stream` and flushes; false when that failed or took longer than
+/// `timeout`. Most writes finish at once; only one that has to wait gets a timer, boxed
+/// (inline, the timer would be part of every idle connection's task). A function of its own
+/// so that its state is one value awaited at one point of the connection's future, sharing
+/// space with the other waits there.
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], timeout: Duration) -> bool {
+    let mut write = std::pin::pin!(async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    });
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(done) => done.is_ok(),
+        Poll::Pending => {
+            let waiting = Box::pin(tokio::time::timeout(timeout, write));
+            matches!(waiting.await, Ok(Ok(())))
+        }
+    }
+}
+
+/// How long a write may wait for the socket before the client counts as gone: one that
+/// long means the client stopped reading.
+fn write_timeout(keep_alive: Option<Duration>) -> Duration {
+    keep_alive
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(10))
 }
 
 /// Read buffer of a connection that reads little: what it keeps while waiting.
@@ -354,6 +362,24 @@ fn fit_read_buffer(rbuf: &mut BytesMut, read: usize, spare: usize) {
 }
 
 impl Conn {
+    /// How long the connection may stay silent: one and a half times its Keep Alive; `None`
+    /// when it has none (Keep Alive 0, internal clients).
+    fn keep_alive_grace(&self) -> Option<Duration> {
+        self.keep_alive
+            .filter(|k| *k > 0)
+            .map(|k| Duration::from_millis(u64::from(k) * 1500))
+    }
+
+    /// Most acknowledgements waiting before the connection stops reading. MQTT 3.1.1 has no
+    /// Receive Maximum: a 3.1.1 client is not read while this many wait for the store (AWS:
+    /// no new publishes until PUBACKs are sent); MQTT 5 clients are held to theirs.
+    fn read_limit(&self) -> usize {
+        match self.version {
+            ProtocolVersion::V311 => usize::from(self.shared.config.receive_maximum.max(1)),
+            ProtocolVersion::V5 => usize::MAX,
+        }
+    }
+
     /// Handles every complete packet in `rbuf`, stopping early when a publish found a
     /// receiver too slow (the rest waits in the buffer until the receivers drain).
     ///
@@ -364,7 +390,8 @@ impl Conn {
     /// messages in one read; one at a time, each cost a clock read, a metrics update every
     /// thread shares and locks on the outbound queue. Longer acknowledgements (with a reason
     /// or properties) go through `on_pubresp` one by one.
-    fn handle_buffered(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), End> {
+    fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
+        let max_packet = self.shared.config.max_packet_size;
         let mut settled: Option<Effects> = None;
         let mut batch = Batch::default();
         let outcome = loop {

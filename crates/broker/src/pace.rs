@@ -99,9 +99,14 @@ impl SlowReceiver {
     }
 }
 
-/// The receivers one publishing connection waits for before it reads again.
+/// The receivers one publishing connection waits for before it reads again. Boxed on first
+/// use and kept: most connections are never paced, and every byte here is in every idle
+/// connection's task.
 #[derive(Default)]
-pub(crate) struct Pacing {
+pub(crate) struct Pacing(Option<Box<Waiting>>);
+
+#[derive(Default)]
+struct Waiting {
     slow: Vec<SlowReceiver>,
     until: Option<tokio::time::Instant>,
 }
@@ -109,40 +114,47 @@ pub(crate) struct Pacing {
 impl Pacing {
     /// Adds receivers found slow while routing this connection's messages.
     pub(crate) fn add(&mut self, slow: Vec<SlowReceiver>) {
+        if slow.is_empty() {
+            return;
+        }
+        let waiting = self.0.get_or_insert_default();
         for s in slow {
-            if !self.slow.iter().any(|w| w.tx.same_queue(&s.tx)) {
-                self.slow.push(s);
+            if !waiting.slow.iter().any(|w| w.tx.same_queue(&s.tx)) {
+                waiting.slow.push(s);
             }
         }
-        if !self.slow.is_empty() && self.until.is_none() {
-            self.until = Some(tokio::time::Instant::now() + PACE_LIMIT);
+        if waiting.until.is_none() {
+            waiting.until = Some(tokio::time::Instant::now() + PACE_LIMIT);
         }
     }
 
     /// True while the connection must not read.
     pub(crate) fn paused(&self) -> bool {
-        !self.slow.is_empty()
+        self.0.as_ref().is_some_and(|w| !w.slow.is_empty())
     }
 
     /// Waits until every slow receiver has drained; a receiver still full after
     /// [`PACE_LIMIT`] is marked stalled and no longer waited for.
     pub(crate) async fn resume(&mut self) {
-        let until = self
+        let Some(waiting) = self.0.as_deref_mut() else {
+            return;
+        };
+        let until = waiting
             .until
             .unwrap_or_else(|| tokio::time::Instant::now() + PACE_LIMIT);
-        while let Some(first) = self.slow.first() {
+        while let Some(first) = waiting.slow.first() {
             if tokio::time::timeout_at(until, first.wait()).await.is_err() {
-                for s in &self.slow {
+                for s in &waiting.slow {
                     if !s.ready() {
                         s.give_up();
                     }
                 }
-                self.slow.clear();
+                waiting.slow.clear();
             } else {
-                self.slow.retain(|s| !s.ready());
+                waiting.slow.retain(|s| !s.ready());
             }
         }
-        self.until = None;
+        waiting.until = None;
     }
 }
 

@@ -52,7 +52,7 @@ pub(crate) struct Link {
     /// Encoded frames and orders for the connection; bounded (`outbound_queue`).
     pub(crate) tx: Outbound,
     pub(crate) policy: Arc<dyn ConnectionPolicy>,
-    pub(crate) principal: Option<String>,
+    pub(crate) principal: Option<Arc<str>>,
     /// The client's Maximum Packet Size.
     pub(crate) max_packet: usize,
     /// min(client Receive Maximum, max_inflight_out).
@@ -230,7 +230,7 @@ pub(crate) struct Session {
     pub(crate) subs: HashMap<String, SubRecord>,
     pub(crate) inflight: VecDeque<Inflight>,
     pub(crate) queue: VecDeque<Delivery>,
-    pub(crate) inbound_qos2: HashSet<u16>,
+    pub(crate) inbound_qos2: PacketIds,
     next_pid: u16,
     /// Packet ids handed out or skipped so far: ids go round 1..=65535 in order, so an id
     /// can only still be in flight if the oldest message in flight is 65,535 ids old.
@@ -255,6 +255,44 @@ pub(crate) struct Session {
     pub(crate) stored: bool,
 }
 
+/// The packet ids of the client's QoS 2 PUBLISHes received and not yet released by PUBREL.
+/// The set is boxed when the first id arrives: most sessions never see QoS 2, and every
+/// connected client has a session (an empty set inline would be 48 bytes of it).
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)]
+pub(crate) struct PacketIds(Option<Box<HashSet<u16>>>);
+
+impl PacketIds {
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |ids| ids.len())
+    }
+
+    pub(crate) fn contains(&self, id: &u16) -> bool {
+        self.0.as_ref().is_some_and(|ids| ids.contains(id))
+    }
+
+    /// False when the id was there already.
+    pub(crate) fn insert(&mut self, id: u16) -> bool {
+        self.0.get_or_insert_default().insert(id)
+    }
+
+    /// False when the id was not there.
+    pub(crate) fn remove(&mut self, id: &u16) -> bool {
+        self.0.as_mut().is_some_and(|ids| ids.remove(id))
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &u16> {
+        self.0.iter().flat_map(|ids| ids.iter())
+    }
+}
+
+impl FromIterator<u16> for PacketIds {
+    fn from_iter<I: IntoIterator<Item = u16>>(ids: I) -> Self {
+        let ids: HashSet<u16> = ids.into_iter().collect();
+        PacketIds((!ids.is_empty()).then(|| Box::new(ids)))
+    }
+}
+
 impl Session {
     pub(crate) fn new(client_id: Arc<str>, version: ProtocolVersion, expiry: u32) -> Session {
         Session {
@@ -264,7 +302,7 @@ impl Session {
             subs: HashMap::new(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: PacketIds::default(),
             next_pid: 1,
             ids_issued: 0,
             next_seq: 1,
@@ -755,6 +793,16 @@ mod tests {
     fn a_session_keeps_its_wills_out_of_line() {
         assert!(size_of::<Session>() + 2 * size_of::<Will>() > 512);
         assert!(size_of::<Session>() <= 512, "{}", size_of::<Session>());
+    }
+
+    /// Every connected client has a session, so its size is part of what an idle connection
+    /// costs. What few sessions use (QoS 2 ids, topic aliases, a Will) is boxed when first
+    /// needed; the session was 488 bytes before QoS 2 ids and outbound aliases were.
+    #[test]
+    fn what_few_sessions_use_is_kept_out_of_line() {
+        assert!(size_of::<PacketIds>() <= 8);
+        assert!(size_of::<crate::alias::OutAliases>() <= 16);
+        assert!(size_of::<Session>() <= 408, "{}", size_of::<Session>());
     }
     use crate::message::AppMsg;
 
