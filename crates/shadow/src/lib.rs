@@ -37,8 +37,8 @@
 //!   [`ShadowLimits`].
 //! - `request`: [`RequestOptions`] (token and version of get/delete); the update request
 //!   parser (private).
-//! - `ops`: [`handle_update`], [`handle_get`], [`handle_delete`], [`UpdateOutcome`],
-//!   [`DeleteOutcome`].
+//! - `ops`: [`handle_update`], [`update_in_place`] (with [`Documents`]), [`handle_get`],
+//!   [`handle_delete`], [`UpdateOutcome`], [`DeleteOutcome`].
 //! - `error`: [`ShadowError`] and the [`message`] texts.
 //! - `json` (private): merge, metadata mirror, delta, numeric equality, depth.
 //! - [`service`]: [`service::ShadowService`], per-shadow ordering, commit-then-publish,
@@ -59,8 +59,8 @@ pub use name::{
     MAX_SHADOW_NAME_LEN, MAX_THING_NAME_LEN, NameError, ShadowId, ShadowName, ThingName,
 };
 pub use ops::{
-    DeleteOutcome, UpdateOutcome, UpdatePayloads, handle_delete, handle_get, handle_update,
-    update_in_place,
+    DeleteOutcome, Documents, UpdateOutcome, UpdatePayloads, handle_delete, handle_get,
+    handle_update, update_in_place,
 };
 pub use request::RequestOptions;
 pub use topic::{

@@ -110,12 +110,18 @@ pub fn handle_update(
     limits: &ShadowLimits,
 ) -> Result<UpdateOutcome, ShadowError> {
     let mut document = current.cloned();
-    let payloads = update_in_place(&mut document, request_payload, now_epoch_secs, limits)?;
+    let payloads = update_in_place(
+        &mut document,
+        request_payload,
+        now_epoch_secs,
+        limits,
+        Documents::Build,
+    )?;
     Ok(UpdateOutcome {
         shadow: document.unwrap_or_else(|| StoredShadow::empty(0)),
         accepted: payloads.accepted,
         delta: payloads.delta,
-        documents: payloads.documents,
+        documents: payloads.documents.unwrap_or_default(),
         client_token: payloads.client_token,
     })
 }
@@ -127,10 +133,19 @@ pub struct UpdatePayloads {
     pub accepted: Vec<u8>,
     /// `update/delta`, when it is published.
     pub delta: Option<Vec<u8>>,
-    /// `update/documents`.
-    pub documents: Vec<u8>,
+    /// `update/documents`, unless [`Documents::Skip`] was asked for.
+    pub documents: Option<Vec<u8>>,
     /// The request's `clientToken`, if it sent one.
     pub client_token: Option<String>,
+}
+
+/// Whether [`update_in_place`] writes the `update/documents` payload. It holds the whole
+/// document twice (before and after), so it is the largest answer to build, and devices
+/// rarely subscribe to it: a caller that knows nobody listens asks to skip it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Documents {
+    Build,
+    Skip,
 }
 
 /// [`handle_update`] without copying the document: an accepted update leaves the new shadow
@@ -144,6 +159,7 @@ pub fn update_in_place(
     request_payload: &[u8],
     now_epoch_secs: i64,
     limits: &ShadowLimits,
+    documents: Documents,
 ) -> Result<UpdatePayloads, ShadowError> {
     let request = UpdateRequest::parse(request_payload, limits)?;
     let token = request.client_token.as_deref();
@@ -158,15 +174,18 @@ pub fn update_in_place(
     // What is needed of the previous document, taken before it changes.
     let previous = live(current.as_ref());
     let old_delta = previous.map(StoredShadow::delta).unwrap_or_default();
-    let mut documents = Vec::with_capacity(
-        256 + 4 * previous.map_or(0, StoredShadow::document_size) + 2 * request_payload.len(),
-    );
-    documents.push(b'{');
-    if let Some(prev) = previous {
-        documents.extend_from_slice(b"\"previous\":");
-        crate::write_json(&mut documents, &prev.document_view());
-        documents.push(b',');
-    }
+    // update/documents, begun: {"previous"?, ...
+    let mut documents = (documents == Documents::Build).then(|| {
+        let size = previous.map_or(0, StoredShadow::document_size);
+        let mut out = Vec::with_capacity(256 + 4 * size + 2 * request_payload.len());
+        out.push(b'{');
+        if let Some(prev) = previous {
+            out.extend_from_slice(b"\"previous\":");
+            crate::write_json(&mut out, &prev.document_view());
+            out.push(b',');
+        }
+        out
+    });
     let old_size = previous.map_or(0, StoredShadow::document_size);
     let in_place = old_size + 2 * request_payload.len() <= limits.max_document_bytes;
 
@@ -226,16 +245,18 @@ pub fn update_in_place(
         crate::to_json_bytes(&Value::Object(out))
     });
 
-    // update/documents: {"previous"?, "current", "timestamp", "clientToken"?}
-    documents.extend_from_slice(b"\"current\":");
-    crate::write_json(&mut documents, &shadow.document_view());
-    documents.extend_from_slice(b",\"timestamp\":");
-    crate::write_json(&mut documents, &now_epoch_secs);
-    if let Some(token) = token {
-        documents.extend_from_slice(b",\"clientToken\":");
-        crate::write_json(&mut documents, &token);
+    // update/documents, finished: ..., "current", "timestamp", "clientToken"?}
+    if let Some(out) = &mut documents {
+        out.extend_from_slice(b"\"current\":");
+        crate::write_json(out, &shadow.document_view());
+        out.extend_from_slice(b",\"timestamp\":");
+        crate::write_json(out, &now_epoch_secs);
+        if let Some(token) = token {
+            out.extend_from_slice(b",\"clientToken\":");
+            crate::write_json(out, &token);
+        }
+        out.push(b'}');
     }
-    documents.push(b'}');
 
     if let Some(copy) = copy {
         *current = Some(copy);

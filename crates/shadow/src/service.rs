@@ -55,9 +55,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Operation, REQUEST_FILTERS, RequestOptions, ShadowError, ShadowId, ShadowLimits, ShadowTopic,
-    StoredShadow, Suffix, ThingName, UpdateOutcome, UpdatePayloads, handle_delete, handle_get,
-    parse_shadow_topic, shadow_topic, update_in_place,
+    Documents, Operation, REQUEST_FILTERS, RequestOptions, ShadowError, ShadowId, ShadowLimits,
+    ShadowTopic, StoredShadow, Suffix, ThingName, UpdateOutcome, UpdatePayloads, handle_delete,
+    handle_get, parse_shadow_topic, shadow_topic, update_in_place,
 };
 
 /// The client id that hears shadow requests.
@@ -324,7 +324,8 @@ impl ShadowService {
                     shadow,
                     accepted,
                     delta,
-                    documents,
+                    // Built for every HTTP caller (see `Core::documents_for`).
+                    documents: documents.unwrap_or_default(),
                     client_token,
                 })
             }
@@ -575,6 +576,25 @@ impl Core {
 
     /// Runs one operation against the cached document `current`, updating it. Returns the
     /// answer, the request's `clientToken` and the row to write, if any.
+    /// Whether an update builds its `update/documents`: for an HTTP caller (whose outcome
+    /// carries it) and whenever anyone subscribes to it. A subscription made after this
+    /// check misses this update's documents, as it would had the update been published
+    /// before it subscribed.
+    fn documents_for(&self, request: &Request) -> Documents {
+        let wanted = match request.reply {
+            Reply::Http(_) => true,
+            Reply::Mqtt(_) => {
+                let topic = shadow_topic(&request.id, Operation::Update, Suffix::Documents);
+                self.broker.has_subscribers(&topic)
+            }
+        };
+        if wanted {
+            Documents::Build
+        } else {
+            Documents::Skip
+        }
+    }
+
     fn apply(
         &self,
         request: &Request,
@@ -602,7 +622,9 @@ impl Core {
                 (result.map(Answer::Got), token.clone(), None)
             }
             Op::Update { payload } => {
-                let payloads = match update_in_place(current, payload, now, &self.limits) {
+                let documents = self.documents_for(request);
+                let payloads = match update_in_place(current, payload, now, &self.limits, documents)
+                {
                     Ok(payloads) => payloads,
                     Err(e) => return (Err(e), None, None),
                 };
@@ -788,10 +810,12 @@ impl Core {
         if let Some(delta) = payloads.delta {
             self.publish(shadow_topic(id, Operation::Update, Suffix::Delta), delta);
         }
-        self.publish(
-            shadow_topic(id, Operation::Update, Suffix::Documents),
-            payloads.documents,
-        );
+        if let Some(documents) = payloads.documents {
+            self.publish(
+                shadow_topic(id, Operation::Update, Suffix::Documents),
+                documents,
+            );
+        }
     }
 
     /// Publishes at QoS 1 straight into the broker; subscribers get it in call order.

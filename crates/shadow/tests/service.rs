@@ -154,6 +154,34 @@ async fn update_is_committed_before_accepted_and_answers_come_in_order() {
     nothing_more(&mut device).await;
 }
 
+/// `update/documents` holds the whole document twice and is built only when someone
+/// subscribes to it, which is asked at every update: a watcher that subscribes between two
+/// updates (with a wildcard) gets the second one's documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_reach_whoever_subscribed_before_the_update() {
+    let env = env().await;
+    let mut device = env
+        .client("device", &["$aws/things/fan/shadow/update/accepted"])
+        .await;
+    let update = |speed: u32| json!({"state": {"reported": {"speed": speed}}});
+    publish(&device, "$aws/things/fan/shadow/update", update(1)).await;
+    assert_eq!(body(&recv(&mut device).await)["version"], 1);
+
+    let mut watcher = env
+        .client("watcher", &["$aws/things/+/shadow/update/documents"])
+        .await;
+    publish(&device, "$aws/things/fan/shadow/update", update(2)).await;
+    assert_eq!(body(&recv(&mut device).await)["version"], 2);
+    let documents = recv(&mut watcher).await;
+    assert_eq!(documents.topic, "$aws/things/fan/shadow/update/documents");
+    let d = body(&documents);
+    assert_eq!(d["previous"]["state"]["reported"]["speed"], 1);
+    assert_eq!(d["current"]["state"]["reported"]["speed"], 2);
+    assert_eq!(d["current"]["version"], 2);
+    nothing_more(&mut watcher).await;
+    nothing_more(&mut device).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_from_many_clients_never_lose_or_reorder_a_version() {
     const CLIENTS: usize = 5;
