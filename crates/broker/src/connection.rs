@@ -372,7 +372,8 @@ impl Conn {
 
     /// Most acknowledgements waiting before the connection stops reading. MQTT 3.1.1 has no
     /// Receive Maximum: a 3.1.1 client is not read while this many wait for the store (AWS:
-    /// no new publishes until PUBACKs are sent); MQTT 5 clients are held to theirs.
+    /// no new publishes until PUBACKs are sent). An MQTT 5 client is read on, and one that
+    /// exceeds the Receive Maximum thingd announced is disconnected (`on_publish`).
     fn read_limit(&self) -> usize {
         match self.version {
             ProtocolVersion::V311 => usize::from(self.shared.config.receive_maximum.max(1)),
