@@ -795,6 +795,29 @@ mod tests {
         assert!(size_of::<Session>() <= 512, "{}", size_of::<Session>());
     }
 
+    /// The QoS 2 ids behave as the set they replace, whether or not it was ever made.
+    #[test]
+    fn qos2_packet_ids_behave_as_a_set_made_on_first_use() {
+        let mut ids = PacketIds::default();
+        assert_eq!(
+            (ids.len(), ids.contains(&7), ids.remove(&7)),
+            (0, false, false)
+        );
+        assert_eq!(ids.iter().count(), 0);
+        assert!(ids.insert(7));
+        assert!(!ids.insert(7), "a retransmission is recognised");
+        assert!(ids.insert(9));
+        assert_eq!((ids.len(), ids.contains(&7)), (2, true));
+        assert!(ids.remove(&7));
+        assert!(!ids.contains(&7));
+        let restored: PacketIds = [3, 5, 3].into_iter().collect();
+        let mut listed: Vec<u16> = restored.iter().copied().collect();
+        listed.sort_unstable();
+        assert_eq!(listed, vec![3, 5]);
+        let none: PacketIds = std::iter::empty().collect();
+        assert!(none.0.is_none(), "nothing restored, nothing allocated");
+    }
+
     /// Every connected client has a session, so its size is part of what an idle connection
     /// costs. What few sessions use (QoS 2 ids, topic aliases, a Will) is boxed when first
     /// needed; the session was 488 bytes before QoS 2 ids and outbound aliases were.
