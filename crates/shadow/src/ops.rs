@@ -144,7 +144,9 @@ pub struct UpdatePayloads {
 /// rarely subscribe to it: a caller that knows nobody listens asks to skip it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Documents {
+    /// Build it (someone subscribes to it, or the caller returns it).
     Build,
+    /// Leave it out: [`UpdatePayloads::documents`] is `None`.
     Skip,
 }
 

@@ -574,8 +574,6 @@ impl Core {
         }
     }
 
-    /// Runs one operation against the cached document `current`, updating it. Returns the
-    /// answer, the request's `clientToken` and the row to write, if any.
     /// Whether an update builds its `update/documents`: for an HTTP caller (whose outcome
     /// carries it) and whenever anyone subscribes to it. A subscription made after this
     /// check misses this update's documents, as it would had the update been published
@@ -595,6 +593,8 @@ impl Core {
         }
     }
 
+    /// Runs one operation against the cached document `current`, updating it. Returns the
+    /// answer, the request's `clientToken` and the row to write, if any.
     fn apply(
         &self,
         request: &Request,
