@@ -173,6 +173,8 @@ pub struct ProcessServer {
     /// The metrics address.
     pub metrics: SocketAddr,
     extra_args: Vec<String>,
+    /// The open-file limit (soft and hard) the process runs under, if not the test's own.
+    file_limit: Option<u64>,
 }
 
 impl ProcessServer {
@@ -184,7 +186,29 @@ impl ProcessServer {
             "127.0.0.1:0".parse()?,
             "127.0.0.1:0".parse()?,
             extra_args,
+            None,
         )
+    }
+
+    /// As [`ProcessServer::start`], with the open-file limit (soft and hard, so thingd cannot
+    /// raise it) set to `limit` by util-linux's `prlimit`.
+    pub fn start_with_file_limit(
+        data_dir: &Path,
+        extra_args: &[&str],
+        limit: u64,
+    ) -> anyhow::Result<ProcessServer> {
+        Self::start_on(
+            data_dir,
+            "127.0.0.1:0".parse()?,
+            "127.0.0.1:0".parse()?,
+            extra_args,
+            Some(limit),
+        )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn start_on(
@@ -192,10 +216,22 @@ impl ProcessServer {
         mqtts: SocketAddr,
         metrics: SocketAddr,
         extra_args: &[&str],
+        file_limit: Option<u64>,
     ) -> anyhow::Result<ProcessServer> {
         let listeners = data_dir.join("listeners.json");
         let _ = std::fs::remove_file(&listeners);
-        let child = Command::new(thingd_binary()?)
+        // prlimit runs the command in its own process (exec), so the pid is thingd's.
+        let mut command = match file_limit {
+            Some(limit) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(thingd_binary()?);
+                c
+            }
+            None => Command::new(thingd_binary()?),
+        };
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -219,6 +255,7 @@ impl ProcessServer {
             mqtts,
             metrics,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            file_limit,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -273,7 +310,7 @@ impl ProcessServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         // The old socket may linger briefly; retry the bind.
         loop {
-            match Self::start_on(&data_dir, self.mqtts, self.metrics, &args) {
+            match Self::start_on(&data_dir, self.mqtts, self.metrics, &args, self.file_limit) {
                 Ok(mut next) => {
                     self.child = next.child.take();
                     return Ok(());

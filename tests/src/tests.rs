@@ -6,6 +6,7 @@ mod aws_sdk_rust;
 mod cert_https;
 mod cli;
 mod device_sdk;
+mod file_limit;
 mod https_api;
 mod lifecycle_events;
 mod metrics;

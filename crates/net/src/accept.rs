@@ -2,13 +2,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use tokio::net::{TcpListener, TcpStream};
+use thingd_uring::Rings;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::socket::Socket;
 
 /// Limits applied by every listener.
 #[derive(Debug, Clone)]
@@ -17,6 +21,21 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     /// Time allowed for the TLS handshake after accept.
     pub handshake_timeout: Duration,
+    /// Where connections go once descriptors run short: into io_uring file tables, which the
+    /// open-file limit does not count. `None`: past the limit, connections wait in the backlog
+    /// until a descriptor is free.
+    pub beyond_file_limit: Option<BeyondFileLimit>,
+}
+
+/// Connections held past the open-file limit (see `thingd-uring`).
+#[derive(Debug, Clone)]
+pub struct BeyondFileLimit {
+    /// The rings that hold them.
+    pub rings: Rings,
+    /// An accepted connection whose descriptor is this or higher moves into a ring and gives
+    /// its descriptor back, so that the descriptors below the limit stay free for thingd's
+    /// own files and listeners.
+    pub descriptor_ceiling: i32,
 }
 
 impl Default for ListenerLimits {
@@ -24,20 +43,22 @@ impl Default for ListenerLimits {
         ListenerLimits {
             max_connections: 200_000,
             handshake_timeout: Duration::from_secs(10),
+            beyond_file_limit: None,
         }
     }
 }
 
 /// Accepts connections until `shutdown` fires, running `handle` for each on its own task.
-/// Accept errors (for example running out of file descriptors) are retried with a growing
-/// pause instead of ending the listener.
+/// When the process is out of file descriptors, the connection is accepted into an io_uring
+/// file table if `limits` allows it; other accept errors (and that one, without rings or with
+/// every ring full) are retried with a growing pause instead of ending the listener.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limits: &ListenerLimits,
     shutdown: CancellationToken,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(Socket, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -50,14 +71,32 @@ pub(crate) async fn accept_loop<F, Fut>(
                 Err(_) => return,
             },
         };
-        let accepted = tokio::select! {
+        let mut accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept() => accepted.map(|(stream, peer)| {
+                let _ = stream.set_nodelay(true);
+                (Socket::Tcp(stream), peer)
+            }),
         };
+        if let Some(beyond) = &limits.beyond_file_limit {
+            accepted = match accepted {
+                Ok((Socket::Tcp(stream), peer))
+                    if stream.as_raw_fd() >= beyond.descriptor_ceiling =>
+                {
+                    adopt(&beyond.rings, stream).await.map(|s| (s, peer))
+                }
+                Err(error) if out_of_descriptors(&error) => tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = beyond.rings.accept(listener.as_raw_fd()) => {
+                        accepted.map(|(stream, peer)| (Socket::Ring(stream), peer))
+                    }
+                },
+                other => other,
+            };
+        }
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let _ = stream.set_nodelay(true);
                 // The permit rides in `map`'s closure: an `async` block awaiting the
                 // connection's future would hold it twice (captured and being awaited), and
                 // for a plain TCP connection that future is most of its memory.
@@ -70,4 +109,19 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         }
     }
+}
+
+/// Whether an accept failed for want of a file descriptor (the process's or the system's).
+fn out_of_descriptors(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Moves an accepted TCP stream into an io_uring file table, giving its descriptor back; keeps
+/// it as it is when every ring is full.
+async fn adopt(rings: &Rings, stream: tokio::net::TcpStream) -> std::io::Result<Socket> {
+    if !rings.has_room() {
+        return Ok(Socket::Tcp(stream));
+    }
+    let socket = OwnedFd::from(stream.into_std()?);
+    Ok(Socket::Ring(rings.adopt(socket).await?))
 }

@@ -9,7 +9,9 @@
 //! passes an axum `Router`).
 //!
 //! # Layout
-//! - `accept`: the shared accept loop and `Listener` settings.
+//! - `accept`: the shared accept loop and `ListenerLimits`; once the process has no file
+//!   descriptor left, it accepts into io_uring file tables instead (`thingd-uring`).
+//! - `socket`: `Socket`, a connection's TCP stream either way.
 //! - `mqtt`: `serve_mqtts` (TLS, port 8883) and `serve_mqtt_plain` (TCP, development).
 //! - `https`: `serve_https`, ALPN dispatch between MQTT and HTTP on one TLS port.
 //! - `websocket`: `websocket_routes`, MQTT carried in WebSocket binary frames.
@@ -19,11 +21,14 @@ mod accept;
 mod https;
 mod mqtt;
 mod optional_client_auth;
+mod socket;
 mod tls;
 mod websocket;
 
-pub use accept::ListenerLimits;
+pub use accept::{BeyondFileLimit, ListenerLimits};
 pub use https::{ALPN_HTTP11, ALPN_MQTT_CA, serve_https};
 pub use mqtt::{serve_mqtt_plain, serve_mqtts};
 pub use optional_client_auth::OptionalClientAuth;
+pub use socket::Socket;
+pub use thingd_uring::Rings;
 pub use websocket::websocket_routes;

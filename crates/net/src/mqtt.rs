@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use thingd_broker::{Broker, ConnectionInfo};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{ListenerLimits, accept_loop};
@@ -108,7 +108,7 @@ pub(crate) async fn handshake<T>(
 }
 
 /// The principal of a TLS connection: the id of the client certificate it presented.
-pub(crate) fn principal_of(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<String> {
+pub(crate) fn principal_of<S>(tls: &tokio_rustls::server::TlsStream<S>) -> Option<String> {
     let (_, conn) = tls.get_ref();
     thingd_auth::peer_certificate_id(conn).map(|id| id.as_str().to_owned())
 }

@@ -7,7 +7,7 @@
 //! arrives, and nothing else between reads and writes. rustls still does all of TLS: the
 //! handshake, record protection, alerts, key updates.
 //!
-//! [`TlsStream`] is an `AsyncRead + AsyncWrite` over a `TcpStream`: reads decrypt whatever
+//! [`TlsStream`] is an `AsyncRead + AsyncWrite` over a [`Socket`]: reads decrypt whatever
 //! complete records have arrived; writes encrypt into an outgoing buffer that `flush` sends.
 
 use std::io;
@@ -15,11 +15,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use crate::socket::Socket;
 use bytes::{Buf, BytesMut};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Receive buffer of a connection that reads little.
 const IDLE_BUFFER: usize = 256;
@@ -37,7 +37,7 @@ const HEADER: usize = 5;
 
 /// A server-side TLS connection over TCP.
 pub(crate) struct TlsStream {
-    tcp: TcpStream,
+    tcp: Socket,
     conn: UnbufferedServerConnection,
     /// Received TLS bytes not yet processed (at most one incomplete record between reads).
     incoming: BytesMut,
@@ -71,7 +71,7 @@ enum Step {
 
 /// Runs the server handshake on `tcp`. A refused handshake sends rustls's alert first.
 pub(crate) async fn accept(
-    tcp: TcpStream,
+    tcp: Socket,
     config: Arc<rustls::ServerConfig>,
 ) -> io::Result<TlsStream> {
     let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
@@ -433,7 +433,7 @@ mod tests {
         let config = server_config(pki);
         let task = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            body(accept(tcp, config).await).await
+            body(accept(Socket::Tcp(tcp), config).await).await
         });
         (addr, task)
     }
@@ -443,7 +443,7 @@ mod tests {
         pki: &Pki,
         issuer: &CertificateAuthority,
         addr: std::net::SocketAddr,
-    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         client_with(pki, issuer, addr, rustls::DEFAULT_VERSIONS).await
     }
 
@@ -452,7 +452,7 @@ mod tests {
         issuer: &CertificateAuthority,
         addr: std::net::SocketAddr,
         versions: &[&'static rustls::SupportedProtocolVersion],
-    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let device = issuer.issue_device_certificate("dev", false).unwrap();
         let chain =
             vec![CertificateDer::from_pem_slice(device.certificate_pem.as_bytes()).unwrap()];
@@ -465,7 +465,7 @@ mod tests {
         .with_root_certificates(pki.ca.root_store())
         .with_client_auth_cert(chain, key)
         .unwrap();
-        let tcp = TcpStream::connect(addr).await?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
         tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await

@@ -100,6 +100,9 @@ pub struct Limits {
     pub max_publishes_per_second: u32,
     /// Concurrent connections per listener.
     pub max_connections: usize,
+    /// Hold connections past the open-file limit as io_uring direct descriptors (Linux 6.0
+    /// or later); without it, connections past the limit wait until a descriptor is free.
+    pub beyond_file_limit: bool,
 }
 
 impl Default for Limits {
@@ -126,6 +129,7 @@ impl Default for Limits {
             max_message_expiry_secs: b.max_message_expiry,
             max_publishes_per_second: b.max_publishes_per_second,
             max_connections: 200_000,
+            beyond_file_limit: true,
         }
     }
 }

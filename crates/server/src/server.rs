@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use thingd_auth::{CertificateAuthority, CertificateRegistry};
 use thingd_broker::Broker;
-use thingd_net::{ALPN_HTTP11, ALPN_MQTT_CA, ListenerLimits};
+use thingd_net::{ALPN_HTTP11, ALPN_MQTT_CA, BeyondFileLimit, ListenerLimits, Rings};
 use thingd_shadow::service::ShadowService;
 use thingd_store::Store;
 use tokio::net::TcpListener;
@@ -22,6 +22,55 @@ use crate::metrics_http;
 /// How often certificate statuses are re-read to close connections of certificates that
 /// stopped being ACTIVE (for example after `thingd cert set-status`).
 const STATUS_POLL: Duration = Duration::from_millis(250);
+
+/// Descriptors kept free for thingd's own files and listeners: a quarter of the open-file
+/// limit, at most this many.
+const DESCRIPTOR_RESERVE: u64 = 1024;
+/// Direct descriptors per io_uring file table (the kernel also caps it at the open-file limit).
+const RING_SLOTS: u64 = 65_536;
+/// Listeners that take connections (MQTT over TLS, HTTPS, plain MQTT).
+const CONNECTION_LISTENERS: u64 = 3;
+
+/// Raises the soft open-file limit to the hard one and, where io_uring works and the
+/// configuration allows it, sets up the rings that hold connections past it.
+fn beyond_file_limit(limits: &crate::config::Limits) -> Option<BeyondFileLimit> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+            return None;
+        }
+    };
+    if !limits.beyond_file_limit {
+        return None;
+    }
+    let reserve = (limit / 4).min(DESCRIPTOR_RESERVE);
+    let slots = limit.min(RING_SLOTS);
+    let wanted = CONNECTION_LISTENERS * limits.max_connections as u64;
+    let max_rings = wanted.div_ceil(slots.max(1)).clamp(1, 256);
+    match Rings::new(slots as u32, max_rings as usize) {
+        Ok(rings) => {
+            let ceiling = limit - reserve;
+            tracing::info!(
+                open_file_limit = limit,
+                "connections past descriptor {ceiling} are held in io_uring file tables \
+                 (up to {max_rings} of {slots})"
+            );
+            Some(BeyondFileLimit {
+                rings,
+                descriptor_ceiling: i32::try_from(ceiling).unwrap_or(i32::MAX),
+            })
+        }
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "io_uring is not available: connections past the open-file limit ({limit}) \
+                 wait until a descriptor is free"
+            );
+            None
+        }
+    }
+}
 
 /// Entry point for running thingd.
 pub struct Server;
@@ -96,6 +145,7 @@ impl Server {
         let limits = ListenerLimits {
             max_connections: config.limits.max_connections,
             handshake_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
+            beyond_file_limit: beyond_file_limit(&config.limits),
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();

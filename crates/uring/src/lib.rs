@@ -1,0 +1,1141 @@
+//! TCP connections held as io_uring direct descriptors, so that one process can hold more
+//! connections than its open-file limit (`RLIMIT_NOFILE`) allows.
+//!
+//! Owns: accepting a connection into an io_uring file table, and [`RingStream`], an
+//! `AsyncRead + AsyncWrite` over such a connection. Does not own: when to use it (the
+//! listeners in `thingd-net` turn to it once `accept` fails for want of a file descriptor),
+//! TLS, or MQTT.
+//!
+//! # How
+//! A socket that `IORING_OP_ACCEPT` puts into a ring's file table (a *direct descriptor*)
+//! takes no slot in the process's descriptor table, so the open-file limit does not count it.
+//! The kernel caps each ring's table at that limit, so [`Rings`] opens another ring when a
+//! table fills, up to a maximum. A slot is reserved before each accept: the kernel takes the
+//! connection off the backlog before it looks for a free slot, and closes it when there is
+//! none, so an accept must never be asked of a full table.
+//!
+//! Each ring has one thread that waits for its completions and wakes the tasks they are for;
+//! any thread submits (under a lock). A [`RingStream`] reads with `IORING_OP_RECV` into a
+//! buffer of its own (512 bytes while the peer sends little, 16 KiB while reads fill it) and
+//! hands the bytes out to `poll_read`; a write is copied into its own buffer and sent with
+//! `IORING_OP_SEND`, and the next write or `poll_flush` waits for it. Dropping a stream
+//! cancels what it still has in flight and closes the descriptor once the last of it has
+//! completed.
+//!
+//! # Unsafe
+//! The kernel reads and writes the buffers of an operation until its completion arrives, so
+//! every buffer an operation points at lives in state that this crate keeps (in the ring's
+//! entry table) until that completion has been reaped, and is not touched by anyone else
+//! until then. The `unsafe` blocks are the pushes of such operations, the shared access to the
+//! submission and completion queues (each behind its own rule, stated where it is taken), and
+//! reading the peer's address out of a `sockaddr_storage`.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use io_uring::types::{CancelBuilder, DestinationSlot, Fd, Fixed};
+use io_uring::{IoUring, opcode, squeue};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Receive buffer while the peer sends little.
+const IDLE_RECV: usize = 512;
+/// Receive buffer while reads fill it.
+const BUSY_RECV: usize = 16 * 1024;
+/// The most one write takes (the rest waits for the next call).
+const MAX_SEND: usize = 256 * 1024;
+/// A send buffer larger than this is freed once sent.
+const KEEP_SEND: usize = 4096;
+/// Submission queue entries per ring (completions get four times as many).
+const RING_ENTRIES: u32 = 1024;
+/// `IORING_FILE_INDEX_ALLOC`: the kernel picks a free slot.
+const FILE_INDEX_ALLOC: i32 = -1;
+/// `TCP_NODELAY`'s value, read by the kernel when the option is set.
+static ONE: libc::c_int = 1;
+
+/// What a completion is for: the low byte of its `user_data` (the rest is the entry's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    Recv,
+    Send,
+    Shutdown,
+    NoDelay,
+    Cancel,
+    Close,
+    /// Closing a connection nobody took (its accept was abandoned); the key is its slot.
+    CloseOrphan,
+    /// Wakes the reaper (when the rings are dropped).
+    Wake,
+}
+
+impl Op {
+    fn from_byte(byte: u8) -> Option<Op> {
+        [
+            Op::Accept,
+            Op::Recv,
+            Op::Send,
+            Op::Shutdown,
+            Op::NoDelay,
+            Op::Cancel,
+            Op::Close,
+            Op::CloseOrphan,
+            Op::Wake,
+        ]
+        .into_iter()
+        .find(|op| *op as u8 == byte)
+    }
+}
+
+fn user_data(key: usize, op: Op) -> u64 {
+    ((key as u64) << 8) | op as u64
+}
+
+fn errno(result: i32) -> io::Error {
+    io::Error::from_raw_os_error(-result)
+}
+
+/// Rings for connections beyond the open-file limit; cheap to clone.
+#[derive(Clone)]
+pub struct Rings {
+    shared: Arc<RingsShared>,
+}
+
+impl std::fmt::Debug for Rings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rings")
+            .field("rings", &self.shared.rings.lock().len())
+            .field("held", &self.held())
+            .finish()
+    }
+}
+
+struct RingsShared {
+    rings: Mutex<Vec<Arc<Ring>>>,
+    slots_per_ring: u32,
+    max_rings: usize,
+}
+
+impl Drop for RingsShared {
+    fn drop(&mut self) {
+        for ring in self.rings.get_mut().drain(..) {
+            ring.stop();
+        }
+    }
+}
+
+impl Rings {
+    /// Opens the first ring, with `slots_per_ring` direct descriptors (at most the open-file
+    /// limit), to check that io_uring works here; more are opened as tables fill, up to
+    /// `max_rings`.
+    pub fn new(slots_per_ring: u32, max_rings: usize) -> io::Result<Rings> {
+        let first = Ring::open(slots_per_ring, 0)?;
+        Ok(Rings {
+            shared: Arc::new(RingsShared {
+                rings: Mutex::new(vec![first]),
+                slots_per_ring,
+                max_rings: max_rings.max(1),
+            }),
+        })
+    }
+
+    /// Connections accepted through the rings and not yet closed.
+    pub fn held(&self) -> usize {
+        self.shared
+            .rings
+            .lock()
+            .iter()
+            .map(|r| r.held.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// How many rings are open.
+    pub fn ring_count(&self) -> usize {
+        self.shared.rings.lock().len()
+    }
+
+    /// Accepts the next connection on `listener` (a listening TCP socket's descriptor) into a
+    /// ring's file table. Fails at once with `ENFILE`, leaving the backlog as it is, when every
+    /// ring is full and no more may open.
+    pub async fn accept(&self, listener: RawFd) -> io::Result<(RingStream, SocketAddr)> {
+        let ring = self.reserve_slot()?;
+        ring.accept(listener).await
+    }
+
+    /// Whether another connection would find a slot (a ring with room, or room for a ring).
+    pub fn has_room(&self) -> bool {
+        let rings = self.shared.rings.lock();
+        rings.len() < self.shared.max_rings
+            || rings
+                .iter()
+                .any(|r| r.used.load(Ordering::Acquire) < r.capacity)
+    }
+
+    /// Moves an accepted connection's socket into a ring's file table and closes `socket`'s
+    /// file descriptor, so that the connection no longer counts against the open-file limit.
+    /// Fails with `ENFILE` when every ring is full and no more may open (`socket` is closed).
+    pub async fn adopt(&self, socket: OwnedFd) -> io::Result<RingStream> {
+        let ring = self.reserve_slot()?;
+        let (stream, _) = ring.adopt(socket).await?;
+        Ok(stream)
+    }
+
+    /// A ring with a slot reserved for the next accept.
+    fn reserve_slot(&self) -> io::Result<Arc<Ring>> {
+        let mut rings = self.shared.rings.lock();
+        if let Some(ring) = rings.iter().find(|r| r.try_reserve()) {
+            return Ok(ring.clone());
+        }
+        if rings.len() >= self.shared.max_rings {
+            return Err(io::Error::from_raw_os_error(libc::ENFILE));
+        }
+        let ring = Ring::open(self.shared.slots_per_ring, rings.len())?;
+        if !ring.try_reserve() {
+            return Err(io::Error::from_raw_os_error(libc::ENFILE));
+        }
+        tracing::info!(
+            rings = rings.len() + 1,
+            slots = self.shared.slots_per_ring,
+            "opened another io_uring for connections beyond the open-file limit"
+        );
+        rings.push(ring.clone());
+        Ok(ring)
+    }
+}
+
+/// What the ring's entry table holds: the state its operations' buffers live in.
+#[derive(Clone)]
+enum Entry {
+    Accept(Arc<Mutex<AcceptState>>),
+    Conn(Arc<Mutex<ConnState>>),
+}
+
+#[derive(Default)]
+struct Entries {
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Entries {
+    fn insert(&mut self, entry: Entry) -> usize {
+        self.live += 1;
+        match self.free.pop() {
+            Some(key) => {
+                self.slots[key] = Some(entry);
+                key
+            }
+            None => {
+                self.slots.push(Some(entry));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn get(&self, key: usize) -> Option<Entry> {
+        self.slots.get(key).and_then(Clone::clone)
+    }
+
+    fn remove(&mut self, key: usize) {
+        if let Some(slot) = self.slots.get_mut(key)
+            && slot.take().is_some()
+        {
+            self.live -= 1;
+            self.free.push(key);
+        }
+    }
+}
+
+struct Ring {
+    uring: IoUring,
+    /// Held while the submission queue is written.
+    submitting: Mutex<()>,
+    entries: Mutex<Entries>,
+    /// Connections accepted into this ring's table and not yet closed.
+    held: AtomicUsize,
+    /// Slots of the table in use or reserved for an accept in flight.
+    used: AtomicUsize,
+    /// Slots in the table.
+    capacity: usize,
+    stopping: AtomicBool,
+}
+
+impl Ring {
+    fn open(slots: u32, index: usize) -> io::Result<Arc<Ring>> {
+        let uring = IoUring::builder()
+            .setup_cqsize(RING_ENTRIES * 4)
+            .build(RING_ENTRIES)?;
+        uring.submitter().register_files_sparse(slots)?;
+        let ring = Arc::new(Ring {
+            uring,
+            submitting: Mutex::new(()),
+            entries: Mutex::new(Entries::default()),
+            held: AtomicUsize::new(0),
+            used: AtomicUsize::new(0),
+            capacity: slots as usize,
+            stopping: AtomicBool::new(false),
+        });
+        let reaper = ring.clone();
+        std::thread::Builder::new()
+            .name(format!("thingd-uring-{index}"))
+            .spawn(move || reaper.reap())?;
+        Ok(ring)
+    }
+
+    /// Queues `entry` and submits it.
+    ///
+    /// # Safety
+    /// Every buffer `entry` points at must stay valid, and untouched by anyone but the kernel,
+    /// until its completion has been reaped.
+    #[allow(unsafe_code)]
+    unsafe fn submit(&self, entry: &squeue::Entry) -> io::Result<()> {
+        let _submitting = self.submitting.lock();
+        // SAFETY: `submitting` is held, so this is the only submission queue in use.
+        let mut sq = unsafe { self.uring.submission_shared() };
+        // SAFETY: the caller keeps the entry's buffers valid until its completion.
+        while unsafe { sq.push(entry) }.is_err() {
+            // Full: hand what is queued to the kernel to make room.
+            sq.sync();
+            self.uring.submitter().submit()?;
+            sq.sync();
+        }
+        sq.sync();
+        drop(sq);
+        self.uring.submitter().submit()?;
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let wake = opcode::Nop::new().build().user_data(user_data(0, Op::Wake));
+        // SAFETY: a no-op points at no buffer.
+        #[allow(unsafe_code)]
+        if let Err(error) = unsafe { self.submit(&wake) } {
+            tracing::warn!(%error, "cannot wake an io_uring's reaper to stop it");
+        }
+    }
+
+    /// The reaper thread: waits for completions and acts on them until the ring is stopped and
+    /// holds nothing.
+    fn reap(self: Arc<Ring>) {
+        let mut done: Vec<(u64, i32)> = Vec::with_capacity(256);
+        loop {
+            if let Err(error) = self.uring.submitter().submit_and_wait(1)
+                && error.raw_os_error() != Some(libc::EINTR)
+            {
+                tracing::error!(%error, "io_uring wait failed; its connections are lost");
+                return;
+            }
+            {
+                // SAFETY: only this thread ever takes the completion queue.
+                #[allow(unsafe_code)]
+                let mut cq = unsafe { self.uring.completion_shared() };
+                cq.sync();
+                done.extend(cq.map(|c| (c.user_data(), c.result())));
+            }
+            for (data, result) in done.drain(..) {
+                self.complete(data, result);
+            }
+            if self.stopping.load(Ordering::Relaxed) && self.entries.lock().live == 0 {
+                return;
+            }
+        }
+    }
+
+    fn complete(&self, data: u64, result: i32) {
+        let key = usize::try_from(data >> 8).unwrap_or(usize::MAX);
+        let Some(op) = Op::from_byte((data & 0xff) as u8) else {
+            return;
+        };
+        match op {
+            Op::Wake => return,
+            Op::CloseOrphan => {
+                self.closed();
+                return;
+            }
+            _ => {}
+        }
+        let entry = self.entries.lock().get(key);
+        match entry {
+            Some(Entry::Accept(state)) => self.accepted(key, &state, result),
+            Some(Entry::Conn(state)) => self.conn_completed(key, &state, op, result),
+            None => tracing::warn!(key, ?op, "io_uring completion for nothing"),
+        }
+    }
+
+    /// Takes a slot for an accept, if one is free.
+    fn try_reserve(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < self.capacity).then_some(used + 1)
+            })
+            .is_ok()
+    }
+
+    /// A slot's connection has been closed (the kernel has freed the slot).
+    fn closed(&self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        self.used.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn accepted(&self, key: usize, state: &Mutex<AcceptState>, mut result: i32) {
+        let mut st = state.lock();
+        if let Some(adopted) = st.adopted.take() {
+            // The kernel wrote the slot it chose over the descriptor; the table holds the
+            // socket now, so the descriptor can go.
+            result = match result {
+                1 => *adopted.slot,
+                0 => -libc::EIO,
+                error => error,
+            };
+            drop(adopted.socket);
+        }
+        if result >= 0 {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // No slot was taken: give the reservation back.
+            self.used.fetch_sub(1, Ordering::AcqRel);
+        }
+        if st.abandoned {
+            if result >= 0 {
+                let slot = result as u32;
+                let close = opcode::Close::new(Fixed(slot))
+                    .build()
+                    .user_data(user_data(slot as usize, Op::CloseOrphan));
+                // SAFETY: closing points at no buffer.
+                #[allow(unsafe_code)]
+                if let Err(error) = unsafe { self.submit(&close) } {
+                    tracing::warn!(%error, "cannot close an abandoned io_uring connection");
+                }
+            }
+        } else {
+            st.result = Some(result);
+        }
+        let waker = st.waker.take();
+        drop(st);
+        // The address buffers are no longer the kernel's.
+        self.entries.lock().remove(key);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn conn_completed(&self, key: usize, state: &Mutex<ConnState>, op: Op, result: i32) {
+        let mut wake = Vec::new();
+        let mut st = state.lock();
+        st.pending -= 1;
+        match op {
+            Op::Recv => {
+                st.recv_pending = false;
+                match result {
+                    n if n > 0 => {
+                        let n = n as usize;
+                        st.busy = n == st.recv.len();
+                        st.start = 0;
+                        st.end = n;
+                    }
+                    0 => st.eof = true,
+                    e => st.read_error = Some(e),
+                }
+                wake.extend(st.read_waker.take());
+            }
+            Op::Send => {
+                if result < 0 {
+                    st.send_pending = false;
+                    st.write_error = Some(result);
+                } else {
+                    st.sent += result as usize;
+                    if st.sent < st.send.len() && !st.dropped {
+                        // A short send: the rest goes next, from the same buffer.
+                        let rest = &st.send[st.sent..];
+                        let entry =
+                            opcode::Send::new(Fixed(st.slot), rest.as_ptr(), rest.len() as u32)
+                                .flags(libc::MSG_NOSIGNAL)
+                                .build()
+                                .user_data(user_data(key, Op::Send));
+                        // SAFETY: `send` is not touched while `send_pending` is set, and the
+                        // state lives in the entry table until the connection is closed.
+                        #[allow(unsafe_code)]
+                        match unsafe { self.submit(&entry) } {
+                            Ok(()) => st.pending += 1,
+                            Err(error) => {
+                                st.send_pending = false;
+                                st.write_error = Some(-error.raw_os_error().unwrap_or(libc::EIO));
+                            }
+                        }
+                    } else {
+                        st.send_pending = false;
+                        if st.send.capacity() > KEEP_SEND {
+                            st.send = Vec::new();
+                        }
+                    }
+                }
+                if !st.send_pending {
+                    wake.extend(st.write_waker.take());
+                }
+            }
+            Op::Shutdown => {
+                st.shutdown = Shutdown::Done(result);
+                wake.extend(st.write_waker.take());
+            }
+            Op::NoDelay => {
+                if result < 0 {
+                    tracing::debug!(error = %errno(result), "TCP_NODELAY not set on an io_uring connection");
+                }
+            }
+            Op::Cancel | Op::Accept | Op::Wake | Op::CloseOrphan => {}
+            Op::Close => {
+                drop(st);
+                self.entries.lock().remove(key);
+                self.closed();
+                return;
+            }
+        }
+        self.close_if_done(key, &mut st);
+        drop(st);
+        for waker in wake {
+            waker.wake();
+        }
+    }
+
+    /// Closes a dropped connection's descriptor once nothing of it is in flight.
+    fn close_if_done(&self, key: usize, st: &mut ConnState) {
+        if !st.dropped || st.pending > 0 || st.close_sent {
+            return;
+        }
+        st.close_sent = true;
+        let close = opcode::Close::new(Fixed(st.slot))
+            .build()
+            .user_data(user_data(key, Op::Close));
+        // SAFETY: closing points at no buffer.
+        #[allow(unsafe_code)]
+        match unsafe { self.submit(&close) } {
+            Ok(()) => st.pending += 1,
+            Err(error) => tracing::warn!(%error, "cannot close an io_uring connection"),
+        }
+    }
+
+    fn accept(self: Arc<Ring>, listener: RawFd) -> AcceptFuture {
+        let state = Arc::new(Mutex::new(AcceptState {
+            address: Box::new(zeroed_storage()),
+            address_len: Box::new(std::mem::size_of::<libc::sockaddr_storage>() as u32),
+            adopted: None,
+            result: None,
+            waker: None,
+            abandoned: false,
+        }));
+        let key = self.entries.lock().insert(Entry::Accept(state.clone()));
+        let entry = {
+            let mut st = state.lock();
+            let address = (&mut *st.address as *mut libc::sockaddr_storage).cast();
+            let address_len: *mut libc::socklen_t = &mut *st.address_len;
+            opcode::Accept::new(Fd(listener), address, address_len)
+                .file_index(Some(DestinationSlot::auto_target()))
+                .build()
+                .user_data(user_data(key, Op::Accept))
+        };
+        // SAFETY: the address buffers are boxed in state the entry table keeps until the
+        // completion, and nobody reads them before it.
+        #[allow(unsafe_code)]
+        let submitted = unsafe { self.submit(&entry) };
+        if let Err(error) = submitted {
+            self.entries.lock().remove(key);
+            self.used.fetch_sub(1, Ordering::AcqRel);
+            state.lock().result = Some(-error.raw_os_error().unwrap_or(libc::EIO));
+        }
+        AcceptFuture {
+            ring: self,
+            state,
+            done: false,
+        }
+    }
+
+    fn adopt(self: Arc<Ring>, socket: OwnedFd) -> AcceptFuture {
+        let state = Arc::new(Mutex::new(AcceptState {
+            address: Box::new(zeroed_storage()),
+            address_len: Box::new(0),
+            adopted: Some(Adopted {
+                slot: Box::new(socket.as_raw_fd()),
+                socket,
+            }),
+            result: None,
+            waker: None,
+            abandoned: false,
+        }));
+        let key = self.entries.lock().insert(Entry::Accept(state.clone()));
+        let entry = {
+            let st = state.lock();
+            let slot: *const RawFd = st.adopted.as_ref().map_or(std::ptr::null(), |a| &*a.slot);
+            opcode::FilesUpdate::new(slot, 1)
+                .offset(FILE_INDEX_ALLOC)
+                .build()
+                .user_data(user_data(key, Op::Accept))
+        };
+        // SAFETY: the descriptor the kernel reads (and overwrites with the slot) is boxed in
+        // state the entry table keeps until the completion, and nobody reads it before.
+        #[allow(unsafe_code)]
+        let submitted = unsafe { self.submit(&entry) };
+        if let Err(error) = submitted {
+            self.entries.lock().remove(key);
+            self.used.fetch_sub(1, Ordering::AcqRel);
+            let mut st = state.lock();
+            st.adopted = None;
+            st.result = Some(-error.raw_os_error().unwrap_or(libc::EIO));
+        }
+        AcceptFuture {
+            ring: self,
+            state,
+            done: false,
+        }
+    }
+}
+
+struct Adopted {
+    slot: Box<RawFd>,
+    /// Kept open until the table holds the socket.
+    socket: OwnedFd,
+}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: `sockaddr_storage` is plain old data; all zeroes is a valid value.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::mem::zeroed()
+    }
+}
+
+/// The peer's address, as `accept` wrote it.
+fn peer_address(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the kernel wrote a `sockaddr_in` here, and
+            // `sockaddr_storage` is large and aligned enough for any address.
+            #[allow(unsafe_code)]
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            #[allow(unsafe_code)]
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// An accept, or the move of an accepted socket into the table, in flight.
+struct AcceptState {
+    address: Box<libc::sockaddr_storage>,
+    address_len: Box<libc::socklen_t>,
+    /// Set for a move: the descriptor, which the kernel replaces with the slot it chose.
+    adopted: Option<Adopted>,
+    result: Option<i32>,
+    waker: Option<Waker>,
+    /// The future was dropped first: the reaper closes what arrives.
+    abandoned: bool,
+}
+
+struct AcceptFuture {
+    ring: Arc<Ring>,
+    state: Arc<Mutex<AcceptState>>,
+    done: bool,
+}
+
+impl Drop for AcceptFuture {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut st = self.state.lock();
+            match st.result {
+                // Accepted, and nobody will take it: close it here.
+                Some(slot) if slot >= 0 => {
+                    st.abandoned = true;
+                    let close = opcode::Close::new(Fixed(slot as u32))
+                        .build()
+                        .user_data(user_data(slot as usize, Op::CloseOrphan));
+                    // SAFETY: closing points at no buffer.
+                    #[allow(unsafe_code)]
+                    if let Err(error) = unsafe { self.ring.submit(&close) } {
+                        tracing::warn!(%error, "cannot close an abandoned io_uring connection");
+                    }
+                }
+                Some(_) => {}
+                None => st.abandoned = true,
+            }
+        }
+    }
+}
+
+impl std::future::Future for AcceptFuture {
+    type Output = io::Result<(RingStream, SocketAddr)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.state.lock();
+        let Some(result) = st.result else {
+            if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                st.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        let peer = peer_address(&st.address, *st.address_len);
+        drop(st);
+        self.done = true;
+        if result < 0 {
+            return Poll::Ready(Err(errno(result)));
+        }
+        let stream = RingStream::new(self.ring.clone(), result as u32);
+        let peer = peer.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        Poll::Ready(Ok((stream, peer)))
+    }
+}
+
+enum Shutdown {
+    NotAsked,
+    Pending,
+    /// The result of the shutdown operation.
+    Done(i32),
+}
+
+struct ConnState {
+    /// The direct descriptor.
+    slot: u32,
+    /// The kernel's while `recv_pending`; otherwise `start..end` is what arrived unread.
+    recv: Vec<u8>,
+    recv_pending: bool,
+    start: usize,
+    end: usize,
+    /// The last receive filled its buffer.
+    busy: bool,
+    eof: bool,
+    read_error: Option<i32>,
+    read_waker: Option<Waker>,
+    /// The kernel's while `send_pending`; `sent` of it has gone.
+    send: Vec<u8>,
+    sent: usize,
+    send_pending: bool,
+    write_error: Option<i32>,
+    write_waker: Option<Waker>,
+    shutdown: Shutdown,
+    /// Operations submitted and not yet completed.
+    pending: u32,
+    dropped: bool,
+    close_sent: bool,
+}
+
+/// A TCP connection held as a direct descriptor of an io_uring (see the crate docs).
+pub struct RingStream {
+    ring: Arc<Ring>,
+    key: usize,
+    state: Arc<Mutex<ConnState>>,
+}
+
+impl std::fmt::Debug for RingStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingStream")
+            .field("slot", &self.state.lock().slot)
+            .finish()
+    }
+}
+
+impl RingStream {
+    fn new(ring: Arc<Ring>, slot: u32) -> RingStream {
+        let state = Arc::new(Mutex::new(ConnState {
+            slot,
+            recv: Vec::new(),
+            recv_pending: false,
+            start: 0,
+            end: 0,
+            busy: false,
+            eof: false,
+            read_error: None,
+            read_waker: None,
+            send: Vec::new(),
+            sent: 0,
+            send_pending: false,
+            write_error: None,
+            write_waker: None,
+            shutdown: Shutdown::NotAsked,
+            pending: 0,
+            dropped: false,
+            close_sent: false,
+        }));
+        let key = ring.entries.lock().insert(Entry::Conn(state.clone()));
+        let stream = RingStream { ring, key, state };
+        stream.set_nodelay();
+        stream
+    }
+
+    /// Asks for `TCP_NODELAY` (small MQTT packets must not wait for the peer's ACK).
+    fn set_nodelay(&self) {
+        let mut st = self.state.lock();
+        let entry = opcode::SetSockOpt::new(
+            Fixed(st.slot),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            (&raw const ONE).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .user_data(user_data(self.key, Op::NoDelay));
+        // SAFETY: the option's value is a static.
+        #[allow(unsafe_code)]
+        match unsafe { self.ring.submit(&entry) } {
+            Ok(()) => st.pending += 1,
+            Err(error) => tracing::debug!(%error, "TCP_NODELAY not asked for"),
+        }
+    }
+
+    /// Stores `cx`'s waker in `slot` unless it is already there.
+    fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+    }
+}
+
+impl Drop for RingStream {
+    fn drop(&mut self) {
+        let mut st = self.state.lock();
+        st.dropped = true;
+        st.read_waker = None;
+        st.write_waker = None;
+        if st.pending > 0 {
+            // Receives wait for the peer and sends for its window: end them now.
+            let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(st.slot)).all())
+                .build()
+                .user_data(user_data(self.key, Op::Cancel));
+            // SAFETY: cancelling points at no buffer.
+            #[allow(unsafe_code)]
+            match unsafe { self.ring.submit(&cancel) } {
+                Ok(()) => st.pending += 1,
+                Err(error) => tracing::warn!(%error, "cannot cancel an io_uring connection's I/O"),
+            }
+        }
+        self.ring.close_if_done(self.key, &mut st);
+    }
+}
+
+impl AsyncRead for RingStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let this = self.get_mut();
+        let mut st = this.state.lock();
+        if st.start < st.end {
+            let n = (st.end - st.start).min(buf.remaining());
+            let start = st.start;
+            buf.put_slice(&st.recv[start..start + n]);
+            st.start += n;
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = st.read_error {
+            return Poll::Ready(Err(errno(e)));
+        }
+        if st.eof {
+            return Poll::Ready(Ok(()));
+        }
+        RingStream::keep_waker(&mut st.read_waker, cx);
+        if !st.recv_pending {
+            let want = if st.busy { BUSY_RECV } else { IDLE_RECV };
+            if st.recv.len() != want {
+                st.recv = vec![0; want];
+            }
+            let entry = opcode::Recv::new(Fixed(st.slot), st.recv.as_mut_ptr(), want as u32)
+                .build()
+                .user_data(user_data(this.key, Op::Recv));
+            // SAFETY: `recv` is not touched while `recv_pending` is set, and the state lives
+            // in the entry table until the connection is closed.
+            #[allow(unsafe_code)]
+            unsafe { this.ring.submit(&entry) }?;
+            st.recv_pending = true;
+            st.pending += 1;
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for RingStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = self.get_mut();
+        let mut st = this.state.lock();
+        if let Some(e) = st.write_error {
+            return Poll::Ready(Err(errno(e)));
+        }
+        if st.send_pending {
+            RingStream::keep_waker(&mut st.write_waker, cx);
+            return Poll::Pending;
+        }
+        let n = data.len().min(MAX_SEND);
+        st.send.clear();
+        st.send.extend_from_slice(&data[..n]);
+        st.sent = 0;
+        let entry = opcode::Send::new(Fixed(st.slot), st.send.as_ptr(), n as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(this.key, Op::Send));
+        // SAFETY: `send` is not touched while `send_pending` is set, and the state lives in
+        // the entry table until the connection is closed.
+        #[allow(unsafe_code)]
+        unsafe { this.ring.submit(&entry) }?;
+        st.send_pending = true;
+        st.pending += 1;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.state.lock();
+        if let Some(e) = st.write_error {
+            return Poll::Ready(Err(errno(e)));
+        }
+        if st.send_pending {
+            RingStream::keep_waker(&mut st.write_waker, cx);
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut st = this.state.lock();
+        if st.send_pending {
+            RingStream::keep_waker(&mut st.write_waker, cx);
+            return Poll::Pending;
+        }
+        match st.shutdown {
+            Shutdown::Done(result) if result < 0 && result != -libc::ENOTCONN => {
+                Poll::Ready(Err(errno(result)))
+            }
+            Shutdown::Done(_) => Poll::Ready(Ok(())),
+            Shutdown::Pending => {
+                RingStream::keep_waker(&mut st.write_waker, cx);
+                Poll::Pending
+            }
+            Shutdown::NotAsked => {
+                let entry = opcode::Shutdown::new(Fixed(st.slot), libc::SHUT_WR)
+                    .build()
+                    .user_data(user_data(this.key, Op::Shutdown));
+                // SAFETY: a shutdown points at no buffer.
+                #[allow(unsafe_code)]
+                unsafe { this.ring.submit(&entry) }?;
+                st.shutdown = Shutdown::Pending;
+                st.pending += 1;
+                RingStream::keep_waker(&mut st.write_waker, cx);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    async fn listener() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    /// Waits (boundedly) until `rings` holds `n` connections.
+    async fn until_held(rings: &Rings, n: usize) {
+        for _ in 0..200 {
+            if rings.held() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("held {} connections, expected {n}", rings.held());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn echoes_a_megabyte_both_ways_and_sees_the_end_of_the_stream() {
+        let rings = Rings::new(8, 1).unwrap();
+        let listener = listener().await;
+        let addr = listener.local_addr().unwrap();
+        let data: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let local = tcp.local_addr().unwrap();
+            let (mut rd, mut wr) = tcp.split();
+            let mut back = Vec::new();
+            let (w, r) = tokio::join!(
+                async {
+                    wr.write_all(&sent).await.unwrap();
+                    wr.shutdown().await.unwrap();
+                },
+                rd.read_to_end(&mut back)
+            );
+            let () = w;
+            r.unwrap();
+            (local, back)
+        });
+        let (mut stream, peer) = rings.accept(listener.as_raw_fd()).await.unwrap();
+        assert_eq!(rings.held(), 1);
+        let mut buf = vec![0u8; 10_000];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n]).await.unwrap();
+        }
+        stream.flush().await.unwrap();
+        stream.shutdown().await.unwrap();
+        let (local, back) = client.await.unwrap();
+        assert_eq!(peer, local, "accept reports the client's address");
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "the echo differs from what was sent");
+        drop(stream);
+        until_held(&rings, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_adopted_socket_gives_up_its_descriptor_and_keeps_working() {
+        let rings = Rings::new(4, 1).unwrap();
+        let listener = listener().await;
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let socket = OwnedFd::from(tcp.into_std().unwrap());
+        let fd = socket.as_raw_fd();
+        let link = format!("/proc/self/fd/{fd}");
+        let before = std::fs::read_link(&link).unwrap();
+        assert!(before.to_string_lossy().starts_with("socket:"));
+
+        let mut stream = rings.adopt(socket).await.unwrap();
+        assert_eq!(rings.held(), 1);
+        assert_ne!(
+            std::fs::read_link(&link).ok(),
+            Some(before),
+            "the socket's descriptor is closed once the ring holds it"
+        );
+        client.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        stream.write_all(b"world").await.unwrap();
+        stream.flush().await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"world");
+        drop(stream);
+        until_held(&rings, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_tables_open_another_ring_up_to_the_maximum_and_a_close_makes_room() {
+        let rings = Rings::new(2, 2).unwrap();
+        let listener = listener().await;
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        let mut streams = Vec::new();
+        for _ in 0..4 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            streams.push(rings.accept(listener.as_raw_fd()).await.unwrap().0);
+        }
+        assert_eq!(rings.ring_count(), 2);
+        assert_eq!(rings.held(), 4);
+
+        clients.push(TcpStream::connect(addr).await.unwrap());
+        let refused = rings.accept(listener.as_raw_fd()).await.unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ENFILE));
+        assert_eq!(rings.ring_count(), 2, "no ring beyond the maximum");
+
+        drop(streams.remove(0));
+        until_held(&rings, 3).await;
+        let (mut fifth, _) = rings.accept(listener.as_raw_fd()).await.unwrap();
+        assert_eq!(rings.held(), 4);
+
+        // The fifth connection works.
+        clients[4].write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        fifth.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        // The first client sees its connection closed.
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), clients[0].read_to_end(&mut rest))
+            .await
+            .expect("the closed connection's client sees its end")
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_a_stream_that_waits_to_read_closes_its_connection() {
+        let rings = Rings::new(4, 1).unwrap();
+        let listener = listener().await;
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut stream, _) = rings.accept(listener.as_raw_fd()).await.unwrap();
+        let mut buf = [0u8; 16];
+        // A read that finds nothing leaves a receive in flight.
+        let waited = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await;
+        assert!(waited.is_err(), "nothing was sent, so nothing is read");
+        drop(stream);
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the client sees its connection end")
+            .unwrap();
+        assert_eq!(n, 0);
+        until_held(&rings, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_after_the_peer_is_gone_fails_instead_of_hanging() {
+        let rings = Rings::new(4, 1).unwrap();
+        let listener = listener().await;
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut stream, _) = rings.accept(listener.as_raw_fd()).await.unwrap();
+        drop(client);
+        let chunk = vec![7u8; 64 * 1024];
+        let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                stream.write_all(&chunk).await?;
+                stream.flush().await?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), io::Error>(())
+        })
+        .await
+        .expect("writing to a closed peer ends");
+        assert!(outcome.is_err());
+    }
+}
