@@ -105,25 +105,34 @@ impl Pki {
     /// the broker's certificate pinned (see [`PinnedServer`]), no session resumption (every
     /// handshake is a full one).
     pub(crate) fn client_config(&self) -> anyhow::Result<rustls::ClientConfig> {
-        use rustls_pki_types::pem::PemObject as _;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let server = CertificateDer::from_pem_file(&self.server_cert)?;
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(&self.device_cert)?.collect::<Result<_, _>>()?;
-        let key = PrivateKeyDer::from_pem_file(&self.device_key)?;
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let pinned = PinnedServer {
-            cert: server,
-            algorithms: provider.signature_verification_algorithms,
-        };
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(pinned))
-            .with_client_auth_cert(chain, key)?;
-        config.resumption = rustls::client::Resumption::disabled();
-        Ok(config)
+        client_config(&self.server_cert, &self.device_cert, &self.device_key)
     }
+}
+
+/// The client configuration of [`Pki::client_config`], from the three files it reads.
+pub(crate) fn client_config(
+    server_cert: &Path,
+    device_cert: &Path,
+    device_key: &Path,
+) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let server = CertificateDer::from_pem_file(server_cert)?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(device_cert)?.collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(device_key)?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let pinned = PinnedServer {
+        cert: server,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(pinned))
+        .with_client_auth_cert(chain, key)?;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// Trusts exactly one server certificate, compared byte for byte, as a device that pins its

@@ -32,6 +32,8 @@ pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     /// `Some` for mTLS.
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where idle connections go past what this process may open (see `hold`).
+    pub(crate) spill: Option<Arc<crate::hold::Spill>>,
 }
 
 /// Nanoseconds since the process's benchmark epoch (the clock in every payload).
@@ -110,6 +112,13 @@ impl Conn {
             Packet::ConnAck(ack) => bail!("CONNACK refused: {:?}", ack.reason),
             other => bail!("expected CONNACK, got {other:?}"),
         }
+    }
+
+    /// Gives back the read and write buffers of a connection that is only held open (they
+    /// grow again when it is used).
+    pub(crate) fn release_buffers(&mut self) {
+        self.rbuf = BytesMut::new();
+        self.wbuf = BytesMut::new();
     }
 
     /// Subscribes to one filter and waits for the SUBACK.

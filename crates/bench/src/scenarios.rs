@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::brokers::{Kind, MachineCpu, cpu_secs, rss_kib};
 use crate::client::{Conn, Endpoint, now_nanos, payload, sent_at};
+use crate::hold::hold;
 
 /// Unacknowledged QoS 1 PUBLISHes a publisher keeps in flight (below every broker's
 /// receive/inflight limit of 100).
@@ -118,6 +119,16 @@ impl Scenario {
 
     pub(crate) fn is_connection_scenario(&self) -> bool {
         matches!(self, Scenario::Idle { .. } | Scenario::Storm { .. })
+    }
+
+    /// The connections the load generator's own process must open: all of them, but for the
+    /// idle ones, which child processes may hold (see `hold`).
+    pub(crate) fn local_connections(&self) -> usize {
+        match self {
+            Scenario::FixedRate { pairs, .. } => 2 * pairs,
+            Scenario::Idle { .. } => 0,
+            other => other.connections(),
+        }
     }
 
     /// The most connections the scenario holds at once.
@@ -295,7 +306,7 @@ fn source(i: usize) -> Option<Ipv4Addr> {
 }
 
 /// Opens `n` connections, `SETUP_PARALLEL` at a time; ids are `{prefix}{i}`.
-async fn open_many(ep: &Endpoint, prefix: &str, n: usize) -> anyhow::Result<Vec<Conn>> {
+pub(crate) async fn open_many(ep: &Endpoint, prefix: &str, n: usize) -> anyhow::Result<Vec<Conn>> {
     let mut out: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
     let next = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
@@ -590,7 +601,7 @@ async fn fixed_rate(
     secs: u64,
     held: usize,
 ) -> anyhow::Result<Measured> {
-    let idle = open_many(ep, &format!("{tag}-h"), held).await?;
+    let idle = hold(ep, &format!("{tag}-h"), held).await?;
     let mut subs = open_many(ep, &format!("{tag}-s"), pairs).await?;
     for (i, c) in subs.iter_mut().enumerate() {
         c.subscribe(&format!("bench/{tag}/{i}"), QoS::AtLeastOnce)
@@ -671,7 +682,7 @@ async fn fixed_rate(
     if let Some(first) = errors.first() {
         bail!("{} error(s), first: {first}", errors.len());
     }
-    let alive = still_open(idle).await?;
+    let alive = idle.still_open().await?;
     if alive != held as u64 {
         bail!(
             "{} of {held} idle connections were closed",
@@ -702,13 +713,13 @@ async fn idle(ep: &Endpoint, target: Target, tag: &str, n: usize) -> anyhow::Res
     let rss0 = rss_kib(target.pid)?;
     let usage0 = target.usage()?;
     let start = Instant::now();
-    let conns = open_many(ep, &format!("{tag}-i"), n).await?;
+    let conns = hold(ep, &format!("{tag}-i"), n).await?;
     let secs = start.elapsed().as_secs_f64();
     let usage1 = target.usage()?;
     // Let the broker settle, then check every connection is still open and take the RSS.
     tokio::time::sleep(settle).await;
     let rss1 = rss_kib(target.pid)?;
-    let alive = still_open(conns).await?;
+    let alive = conns.still_open().await?;
     Ok(Measured {
         sent: n as u64,
         expected: n as u64,
@@ -723,7 +734,7 @@ async fn idle(ep: &Endpoint, target: Target, tag: &str, n: usize) -> anyhow::Res
 }
 
 /// Pings every connection (one at a time) and closes it; how many answered.
-async fn still_open(mut conns: Vec<Conn>) -> anyhow::Result<u64> {
+pub(crate) async fn still_open(mut conns: Vec<Conn>) -> anyhow::Result<u64> {
     let mut alive = 0u64;
     // Every connection stays open until all have answered: closing each one as soon as it
     // answered kept the broker busy with disconnects while it was asked for the next PINGRESP.

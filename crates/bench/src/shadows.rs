@@ -66,6 +66,7 @@ pub(crate) async fn run(args: ShadowArgs) -> anyhow::Result<bool> {
     let endpoint = Arc::new(Endpoint {
         addr: broker.tls,
         tls: Some(Arc::new(pki.client_config()?)),
+        spill: None,
     });
     let ticks = brokers::clock_ticks();
 
