@@ -355,9 +355,7 @@ async fn run_once(
         tls: (transport == Transport::Mtls).then(|| setup.client_config.clone()),
         spill: Some(Arc::new(hold::Spill {
             pki: setup.pki.clone(),
-            local: setup
-                .max_idle
-                .saturating_sub(scenario.local_connections()),
+            local: setup.max_idle.saturating_sub(scenario.local_connections()),
         })),
     };
     let result = match scenarios::run(scenario, &ep, target, &format!("r{run_id}")).await {
@@ -535,8 +533,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     }
     // A scenario needing more connections than the open-file limit allows is not run, and
     // says so (stderr and the report).
-    let (list, too_big): (Vec<_>, Vec<_>) =
-        list.into_iter().partition(|s| s.local_connections() <= max_idle);
+    let (list, too_big): (Vec<_>, Vec<_>) = list
+        .into_iter()
+        .partition(|s| s.local_connections() <= max_idle);
     let too_big: Vec<String> = too_big
         .iter()
         .map(|s| format!("{} ({} connections)", s.name(), s.connections()))
@@ -756,7 +755,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             },
             machine(),
             if max_idle < 50_000 {
-                "; 50,000 idle connections need more, so that scenario was not run"
+                "; the load generator holds idle connections past its own limit in child \
+                 processes (`thingd-bench hold`)"
             } else {
                 ""
             },

@@ -195,7 +195,8 @@ fn a_scenario_beyond_the_open_file_limit_runs_on_thingd_only_and_says_so() {
         run.stdout
     );
     assert!(
-        !run.stdout.contains(&format!("| {held} | TCP | mosquitto |")),
+        !run.stdout
+            .contains(&format!("| {held} | TCP | mosquitto |")),
         "{}",
         run.stdout
     );

@@ -58,9 +58,10 @@ pub(crate) async fn accept_loop<F, Fut>(
     shutdown: CancellationToken,
     handle: F,
 ) where
-    F: Fn(Socket, SocketAddr) -> Fut,
+    F: Fn(Socket, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let handle = Arc::new(handle);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -83,7 +84,22 @@ pub(crate) async fn accept_loop<F, Fut>(
                 Ok((Socket::Tcp(stream), peer))
                     if stream.as_raw_fd() >= beyond.descriptor_ceiling =>
                 {
-                    adopt(&beyond.rings, stream).await.map(|s| (s, peer))
+                    // The move into a ring runs on the connection's task: the accept loop
+                    // goes straight back to the backlog, which overflows when it waits.
+                    backoff = Duration::from_millis(5);
+                    let (handle, rings) = (handle.clone(), beyond.rings.clone());
+                    tokio::spawn(async move {
+                        match adopt(&rings, stream).await {
+                            Ok(socket) => Box::pin(handle(socket, peer)).await,
+                            Err(error) => tracing::warn!(
+                                %error,
+                                %peer,
+                                "cannot move a connection into an io_uring; closing it"
+                            ),
+                        }
+                        drop(permit);
+                    });
+                    continue;
                 }
                 Err(error) if out_of_descriptors(&error) => tokio::select! {
                     _ = shutdown.cancelled() => return,

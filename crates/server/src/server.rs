@@ -359,10 +359,22 @@ impl RunningServer {
     }
 }
 
+/// Connections the kernel may complete before the accept loop takes them (Linux caps it at
+/// `net.core.somaxconn`, 4,096 by default). A full backlog drops the handshake's last ACK,
+/// and the client waits for a retransmission, a second or more.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({name})"))
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("cannot listen on {addr} ({name})"))
 }
 
 /// Follows registry changes, whoever made them (the API, this process or the CLI): closes

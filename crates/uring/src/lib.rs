@@ -202,6 +202,10 @@ impl Rings {
         tracing::info!(
             rings = rings.len() + 1,
             slots = self.shared.slots_per_ring,
+            held = rings
+                .iter()
+                .map(|r| r.held.load(Ordering::Relaxed))
+                .sum::<usize>(),
             "opened another io_uring for connections beyond the open-file limit"
         );
         rings.push(ring.clone());
