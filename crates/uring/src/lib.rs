@@ -14,8 +14,9 @@
 //! connection off the backlog before it looks for a free slot, and closes it when there is
 //! none, so an accept must never be asked of a full table.
 //!
-//! Each ring has one thread that waits for its completions and wakes the tasks they are for;
-//! any thread submits (under a lock). A [`RingStream`] reads with `IORING_OP_RECV` into a
+//! Each ring has a reaper task: the runtime's poller wakes it when the ring's descriptor is
+//! readable (completions wait), and it wakes the tasks they are for. Any thread queues
+//! submissions (under a lock) and hands them to the kernel (outside it). A [`RingStream`] reads with `IORING_OP_RECV` into a
 //! buffer of its own (512 bytes while the peer sends little, 16 KiB while reads fill it) and
 //! hands the bytes out to `poll_read`; a write is copied into its own buffer and sent with
 //! `IORING_OP_SEND`, and the next write or `poll_flush` waits for it. Dropping a stream
@@ -41,7 +42,8 @@ use std::task::{Context, Poll, Waker};
 use io_uring::types::{CancelBuilder, DestinationSlot, Fd, Fixed};
 use io_uring::{IoUring, opcode, squeue};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// Receive buffer while the peer sends little.
 const IDLE_RECV: usize = 512;
@@ -133,7 +135,7 @@ impl Drop for RingsShared {
 impl Rings {
     /// Opens the first ring, with `slots_per_ring` direct descriptors (at most the open-file
     /// limit), to check that io_uring works here; more are opened as tables fill, up to
-    /// `max_rings`.
+    /// `max_rings`. Call it within a tokio runtime: each ring's reaper is a task of it.
     pub fn new(slots_per_ring: u32, max_rings: usize) -> io::Result<Rings> {
         let first = Ring::open(slots_per_ring, 0)?;
         Ok(Rings {
@@ -285,10 +287,18 @@ impl Ring {
             capacity: slots as usize,
             stopping: AtomicBool::new(false),
         });
-        let reaper = ring.clone();
-        std::thread::Builder::new()
-            .name(format!("thingd-uring-{index}"))
-            .spawn(move || reaper.reap())?;
+        // The ring's descriptor is readable while completions wait: the runtime's poller
+        // wakes the reaper, which runs as a task like any other.
+        let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        // SAFETY: the descriptor is the ring's, which the reaper task keeps open (it holds the
+        // ring) for as long as it holds this registration.
+        #[allow(unsafe_code)]
+        let readable = unsafe {
+            let _entered = runtime.enter();
+            AsyncFd::register_with_interest(ring.uring.as_raw_fd(), Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        runtime.spawn(ring.clone().reap(readable, index));
         Ok(ring)
     }
 
@@ -299,18 +309,22 @@ impl Ring {
     /// until its completion has been reaped.
     #[allow(unsafe_code)]
     unsafe fn submit(&self, entry: &squeue::Entry) -> io::Result<()> {
-        let _submitting = self.submitting.lock();
-        // SAFETY: `submitting` is held, so this is the only submission queue in use.
-        let mut sq = unsafe { self.uring.submission_shared() };
-        // SAFETY: the caller keeps the entry's buffers valid until its completion.
-        while unsafe { sq.push(entry) }.is_err() {
-            // Full: hand what is queued to the kernel to make room.
-            sq.sync();
-            self.uring.submitter().submit()?;
+        {
+            let _submitting = self.submitting.lock();
+            // SAFETY: `submitting` is held, so this is the only submission queue in use.
+            let mut sq = unsafe { self.uring.submission_shared() };
+            // SAFETY: the caller keeps the entry's buffers valid until its completion.
+            while unsafe { sq.push(entry) }.is_err() {
+                // Full: hand what is queued to the kernel to make room.
+                sq.sync();
+                self.uring.submitter().submit()?;
+                sq.sync();
+            }
             sq.sync();
         }
-        sq.sync();
-        drop(sq);
+        // Outside the lock: the kernel takes what is queued under its own, and a send or
+        // receive that can complete at once does its work inside this call. Whoever enters
+        // first submits everything published so far; a later call may find nothing left.
         self.uring.submitter().submit()?;
         Ok(())
     }
@@ -325,31 +339,53 @@ impl Ring {
         }
     }
 
-    /// The reaper thread: waits for completions and acts on them until the ring is stopped and
-    /// holds nothing.
-    fn reap(self: Arc<Ring>) {
+    /// The reaper task: whenever the ring's descriptor is readable, takes every completion
+    /// and acts on it, until the ring is stopped and holds nothing. Readiness is cleared before
+    /// the queue is read, so a completion that arrives meanwhile makes it readable again.
+    async fn reap(self: Arc<Ring>, readable: AsyncFd<RawFd>, index: usize) {
         let mut done: Vec<(u64, i32)> = Vec::with_capacity(256);
         loop {
-            if let Err(error) = self.uring.submitter().submit_and_wait(1)
-                && error.raw_os_error() != Some(libc::EINTR)
-            {
-                tracing::error!(%error, "io_uring wait failed; its connections are lost");
-                return;
+            match readable.readable().await {
+                Ok(mut guard) => guard.clear_ready(),
+                Err(error) => {
+                    tracing::error!(%error, index, "io_uring unreadable; its connections are lost");
+                    return;
+                }
             }
-            {
-                // SAFETY: only this thread ever takes the completion queue.
-                #[allow(unsafe_code)]
-                let mut cq = unsafe { self.uring.completion_shared() };
-                cq.sync();
-                done.extend(cq.map(|c| (c.user_data(), c.result())));
+            loop {
+                {
+                    // SAFETY: only this task ever takes the completion queue.
+                    #[allow(unsafe_code)]
+                    let mut cq = unsafe { self.uring.completion_shared() };
+                    cq.sync();
+                    done.extend(cq.map(|c| (c.user_data(), c.result())));
+                }
+                if done.is_empty() {
+                    break;
+                }
+                for (data, result) in done.drain(..) {
+                    self.complete(data, result);
+                }
             }
-            for (data, result) in done.drain(..) {
-                self.complete(data, result);
+            if self.completions_overflowed() {
+                // The kernel keeps what did not fit in the queue until asked for it.
+                if let Err(error) = self.uring.submitter().submit() {
+                    tracing::warn!(%error, index, "cannot flush an io_uring's overflowed completions");
+                }
+                continue;
             }
             if self.stopping.load(Ordering::Relaxed) && self.entries.lock().live == 0 {
                 return;
             }
         }
+    }
+
+    fn completions_overflowed(&self) -> bool {
+        let _submitting = self.submitting.lock();
+        // SAFETY: `submitting` is held, so this is the only submission queue in use.
+        #[allow(unsafe_code)]
+        let sq = unsafe { self.uring.submission_shared() };
+        sq.cq_overflow()
     }
 
     fn complete(&self, data: u64, result: i32) {
