@@ -9,8 +9,8 @@
 //! passes an axum `Router`).
 //!
 //! # Layout
-//! - `accept`: the shared accept loop and `ListenerLimits`; once the process has no file
-//!   descriptor left, it accepts into io_uring file tables instead (`thingd-uring`).
+//! - `accept`: the shared accept loop and `ListenerLimits`; a connection whose descriptor
+//!   lands near the open-file limit moves into an io_uring file table (`thingd-uring`).
 //! - `socket`: `Socket`, a connection's TCP stream either way.
 //! - `mqtt`: `serve_mqtts` (TLS, port 8883) and `serve_mqtt_plain` (TCP, development).
 //! - `https`: `serve_https`, ALPN dispatch between MQTT and HTTP on one TLS port.

@@ -1,10 +1,10 @@
 //! TCP connections held as io_uring direct descriptors, so that one process can hold more
 //! connections than its open-file limit (`RLIMIT_NOFILE`) allows.
 //!
-//! Owns: accepting a connection into an io_uring file table, and [`RingStream`], an
-//! `AsyncRead + AsyncWrite` over such a connection. Does not own: when to use it (the
-//! listeners in `thingd-net` turn to it once `accept` fails for want of a file descriptor),
-//! TLS, or MQTT.
+//! Owns: moving an accepted connection into an io_uring file table (or accepting it there),
+//! and [`RingStream`], an `AsyncRead + AsyncWrite` over such a connection. Does not own: when
+//! to use it (the listeners in `thingd-net` move a connection whose descriptor lands near the
+//! limit, and accept into a ring when no descriptor is left), TLS, or MQTT.
 //!
 //! # How
 //! A socket that `IORING_OP_ACCEPT` puts into a ring's file table (a *direct descriptor*)
