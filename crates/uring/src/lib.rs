@@ -274,9 +274,20 @@ struct Ring {
 
 impl Ring {
     fn open(slots: u32, index: usize) -> io::Result<Arc<Ring>> {
+        // Cooperative task running: a completion for an operation a worker submitted waits
+        // for that worker's next system call instead of interrupting it (a sleeping worker is
+        // still woken). With every connection in a ring at 20,000 msg/s over mTLS, thingd's
+        // CPU per message went from about 52 to 44 µs and its p99 from 80-110 to 9-15 ms.
+        // Linux 5.19; older kernels get the default.
         let uring = IoUring::builder()
             .setup_cqsize(RING_ENTRIES * 4)
-            .build(RING_ENTRIES)?;
+            .setup_coop_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(RING_ENTRIES * 4)
+                    .build(RING_ENTRIES)
+            })?;
         uring.submitter().register_files_sparse(slots)?;
         let ring = Arc::new(Ring {
             uring,
