@@ -88,57 +88,25 @@ fn thingd_holds_more_connections_than_its_open_file_limit_and_they_all_work() {
                 .unwrap(),
             vec![1]
         );
-        first
-            .send(&publish(
-                false,
-                "crowd/in",
-                1,
-                false,
-                7,
-                &[],
-                b"to the ring",
-            ))
-            .await
-            .unwrap();
-        assert_eq!(
-            first
-                .expect(kind::PUBACK)
-                .await
-                .unwrap()
-                .ack(kind::PUBACK)
-                .unwrap()
-                .0,
-            7
-        );
-        let got = last.expect_publish(false).await.unwrap();
-        assert_eq!(
-            (got.topic.as_str(), &got.payload[..]),
-            ("crowd/in", &b"to the ring"[..])
-        );
-        last.send(&publish(
-            false,
-            "crowd/out",
-            1,
-            false,
-            8,
-            &[],
-            b"from the ring",
-        ))
+        send_across(first, last, "crowd/in", 7, b"to the ring").await;
+        send_across(last, first, "crowd/out", 8, b"from the ring").await;
+    });
+}
+
+/// Publishes `payload` at QoS 1 from `from` and checks its PUBACK and its delivery to `to`
+/// (subscribed to `topic`).
+async fn send_across(
+    from: &mut RawClient,
+    to: &mut RawClient,
+    topic: &str,
+    pkid: u16,
+    payload: &[u8],
+) {
+    from.send(&publish(false, topic, 1, false, pkid, &[], payload))
         .await
         .unwrap();
-        assert_eq!(
-            last.expect(kind::PUBACK)
-                .await
-                .unwrap()
-                .ack(kind::PUBACK)
-                .unwrap()
-                .0,
-            8
-        );
-        let got = first.expect_publish(false).await.unwrap();
-        assert_eq!(
-            (got.topic.as_str(), &got.payload[..]),
-            ("crowd/out", &b"from the ring"[..])
-        );
-    });
+    let acked = from.expect(kind::PUBACK).await.unwrap();
+    assert_eq!(acked.ack(kind::PUBACK).unwrap().0, pkid);
+    let got = to.expect_publish(false).await.unwrap();
+    assert_eq!((got.topic.as_str(), &got.payload[..]), (topic, payload));
 }

@@ -573,42 +573,25 @@ impl Ring {
     }
 
     fn accept(self: Arc<Ring>, listener: RawFd) -> AcceptFuture {
-        let state = Arc::new(Mutex::new(AcceptState {
+        let state = AcceptState {
             address: Box::new(zeroed_storage()),
             address_len: Box::new(std::mem::size_of::<libc::sockaddr_storage>() as u32),
             adopted: None,
             result: None,
             waker: None,
             abandoned: false,
-        }));
-        let key = self.entries.lock().insert(Entry::Accept(state.clone()));
-        let entry = {
-            let mut st = state.lock();
+        };
+        self.start_accept(state, |st| {
             let address = (&mut *st.address as *mut libc::sockaddr_storage).cast();
             let address_len: *mut libc::socklen_t = &mut *st.address_len;
             opcode::Accept::new(Fd(listener), address, address_len)
                 .file_index(Some(DestinationSlot::auto_target()))
                 .build()
-                .user_data(user_data(key, Op::Accept))
-        };
-        // SAFETY: the address buffers are boxed in state the entry table keeps until the
-        // completion, and nobody reads them before it.
-        #[allow(unsafe_code)]
-        let submitted = unsafe { self.submit(&entry) };
-        if let Err(error) = submitted {
-            self.entries.lock().remove(key);
-            self.used.fetch_sub(1, Ordering::AcqRel);
-            state.lock().result = Some(-error.raw_os_error().unwrap_or(libc::EIO));
-        }
-        AcceptFuture {
-            ring: self,
-            state,
-            done: false,
-        }
+        })
     }
 
     fn adopt(self: Arc<Ring>, socket: OwnedFd) -> AcceptFuture {
-        let state = Arc::new(Mutex::new(AcceptState {
+        let state = AcceptState {
             address: Box::new(zeroed_storage()),
             address_len: Box::new(0),
             adopted: Some(Adopted {
@@ -618,18 +601,28 @@ impl Ring {
             result: None,
             waker: None,
             abandoned: false,
-        }));
-        let key = self.entries.lock().insert(Entry::Accept(state.clone()));
-        let entry = {
-            let st = state.lock();
+        };
+        self.start_accept(state, |st| {
             let slot: *const RawFd = st.adopted.as_ref().map_or(std::ptr::null(), |a| &*a.slot);
             opcode::FilesUpdate::new(slot, 1)
                 .offset(FILE_INDEX_ALLOC)
                 .build()
-                .user_data(user_data(key, Op::Accept))
-        };
-        // SAFETY: the descriptor the kernel reads (and overwrites with the slot) is boxed in
-        // state the entry table keeps until the completion, and nobody reads it before.
+        })
+    }
+
+    /// Submits the accept or move that `entry` builds from `state`'s buffers (the slot is
+    /// already reserved); its future.
+    fn start_accept(
+        self: Arc<Ring>,
+        state: AcceptState,
+        entry: impl FnOnce(&mut AcceptState) -> squeue::Entry,
+    ) -> AcceptFuture {
+        let state = Arc::new(Mutex::new(state));
+        let key = self.entries.lock().insert(Entry::Accept(state.clone()));
+        let entry = entry(&mut state.lock()).user_data(user_data(key, Op::Accept));
+        // SAFETY: the buffers the kernel reads and writes (the peer's address, or the
+        // descriptor it replaces with the slot) are boxed in state the entry table keeps
+        // until the completion, and nobody reads them before it.
         #[allow(unsafe_code)]
         let submitted = unsafe { self.submit(&entry) };
         if let Err(error) = submitted {
