@@ -49,9 +49,11 @@ impl Default for ListenerLimits {
 }
 
 /// Accepts connections until `shutdown` fires, running `handle` for each on its own task.
-/// When the process is out of file descriptors, the connection is accepted into an io_uring
-/// file table if `limits` allows it; other accept errors (and that one, without rings or with
-/// every ring full) are retried with a growing pause instead of ending the listener.
+/// With `limits.beyond_file_limit`, a connection whose descriptor lands at or above the
+/// ceiling moves into an io_uring file table first (on its own task), and when no descriptor
+/// is left at all the next connection is accepted straight into a ring. Other accept errors
+/// (and that one, without rings or with every ring full) are retried with a growing pause
+/// instead of ending the listener.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limits: &ListenerLimits,
