@@ -95,6 +95,16 @@ impl Op {
     }
 }
 
+/// Whether the running kernel's version is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
 fn user_data(key: usize, op: Op) -> u64 {
     ((key as u64) << 8) | op as u64
 }
@@ -137,6 +147,14 @@ impl Rings {
     /// limit), to check that io_uring works here; more are opened as tables fill, up to
     /// `max_rings`. Call it within a tokio runtime: each ring's reaper is a task of it.
     pub fn new(slots_per_ring: u32, max_rings: usize) -> io::Result<Rings> {
+        if !kernel_at_least(6, 0) {
+            // Slots chosen by the kernel (5.19) and cancelling by direct descriptor (6.0):
+            // without them a move into a ring would fail and close the connection.
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring direct descriptors need Linux 6.0 or later",
+            ));
+        }
         let first = Ring::open(slots_per_ring, 0)?;
         Ok(Rings {
             shared: Arc::new(RingsShared {
@@ -1066,6 +1084,12 @@ mod tests {
         assert!(back == data, "the echo differs from what was sent");
         drop(stream);
         until_held(&rings, 0).await;
+    }
+
+    #[test]
+    fn the_kernel_version_is_read() {
+        assert!(kernel_at_least(2, 6), "any Linux this runs on is past 2.6");
+        assert!(!kernel_at_least(999, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
