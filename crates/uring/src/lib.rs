@@ -290,6 +290,24 @@ struct Ring {
     stopping: AtomicBool,
 }
 
+impl Drop for Ring {
+    /// A ring goes when nothing holds it: its connections and its reaper are gone, as when the
+    /// runtime shuts down. Operations may still be in flight then (a connection's task was
+    /// dropped without its stream being closed first), and the kernel cancels them only after
+    /// the ring's descriptor is closed, which follows this: their buffers are left allocated
+    /// for the rest of the process rather than freed under the kernel.
+    fn drop(&mut self) {
+        let entries = self.entries.get_mut();
+        if entries.live > 0 {
+            let kept: &'static mut Entries = Box::leak(Box::new(std::mem::take(entries)));
+            tracing::debug!(
+                live = kept.live,
+                "io_uring dropped with operations in flight"
+            );
+        }
+    }
+}
+
 impl Ring {
     fn open(slots: u32, index: usize) -> io::Result<Arc<Ring>> {
         // Cooperative task running: a completion for an operation a worker submitted waits
