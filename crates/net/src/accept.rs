@@ -137,9 +137,8 @@ fn out_of_descriptors(error: &std::io::Error) -> bool {
 /// Moves an accepted TCP stream into an io_uring file table, giving its descriptor back; keeps
 /// it as it is when every ring is full.
 async fn adopt(rings: &Rings, stream: tokio::net::TcpStream) -> std::io::Result<Socket> {
-    if !rings.has_room() {
-        return Ok(Socket::Tcp(stream));
+    match rings.adopt(OwnedFd::from(stream.into_std()?)) {
+        Ok(moving) => Ok(Socket::Ring(moving.await?)),
+        Err(socket) => Ok(Socket::Tcp(tokio::net::TcpStream::from_std(socket.into())?)),
     }
-    let socket = OwnedFd::from(stream.into_std()?);
-    Ok(Socket::Ring(rings.adopt(socket).await?))
 }

@@ -188,22 +188,19 @@ impl Rings {
         ring.accept(listener).await
     }
 
-    /// Whether another connection would find a slot (a ring with room, or room for a ring).
-    pub fn has_room(&self) -> bool {
-        let rings = self.shared.rings.lock();
-        rings.len() < self.shared.max_rings
-            || rings
-                .iter()
-                .any(|r| r.used.load(Ordering::Acquire) < r.capacity)
-    }
-
     /// Moves an accepted connection's socket into a ring's file table and closes `socket`'s
     /// file descriptor, so that the connection no longer counts against the open-file limit.
-    /// Fails with `ENFILE` when every ring is full and no more may open (`socket` is closed).
-    pub async fn adopt(&self, socket: OwnedFd) -> io::Result<RingStream> {
-        let ring = self.reserve_slot()?;
-        let (stream, _) = ring.adopt(socket).await?;
-        Ok(stream)
+    /// The slot is reserved at once: when no ring has one (every ring full and no more may
+    /// open), `socket` comes back untouched.
+    pub fn adopt(
+        &self,
+        socket: OwnedFd,
+    ) -> Result<impl Future<Output = io::Result<RingStream>> + Send + 'static, OwnedFd> {
+        let Ok(ring) = self.reserve_slot() else {
+            return Err(socket);
+        };
+        let moving = ring.adopt(socket);
+        Ok(async move { moving.await.map(|(stream, _)| stream) })
     }
 
     /// A ring with a slot reserved for the next accept.
@@ -1124,7 +1121,7 @@ mod tests {
         let before = std::fs::read_link(&link).unwrap();
         assert!(before.to_string_lossy().starts_with("socket:"));
 
-        let mut stream = rings.adopt(socket).await.unwrap();
+        let mut stream = rings.adopt(socket).expect("a free slot").await.unwrap();
         assert_eq!(rings.held(), 1);
         assert_ne!(
             std::fs::read_link(&link).ok(),
@@ -1160,6 +1157,11 @@ mod tests {
         clients.push(TcpStream::connect(addr).await.unwrap());
         let refused = rings.accept(listener.as_raw_fd()).await.unwrap_err();
         assert_eq!(refused.raw_os_error(), Some(libc::ENFILE));
+        // A move into a full set of rings hands the socket back as it was.
+        let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let spare_fd = spare.as_raw_fd();
+        let returned = rings.adopt(OwnedFd::from(spare)).err().expect("no slot");
+        assert_eq!(returned.as_raw_fd(), spare_fd);
         assert_eq!(rings.ring_count(), 2, "no ring beyond the maximum");
 
         drop(streams.remove(0));
