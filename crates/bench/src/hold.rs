@@ -124,10 +124,7 @@ pub(crate) async fn hold(ep: &Endpoint, prefix: &str, n: usize) -> anyhow::Resul
             start += count;
         }
     }
-    let mut conns = open_many(ep, prefix, local).await?;
-    for c in &mut conns {
-        c.release_buffers();
-    }
+    let conns = open_idle(ep, prefix, local).await?;
     for h in &mut children {
         let held = h.expect("held", OPEN_WITHIN).await?;
         if held != h.count {
@@ -157,6 +154,15 @@ impl Held {
     }
 }
 
+/// Opens `n` connections to hold idle, their buffers given back.
+async fn open_idle(ep: &Endpoint, prefix: &str, n: usize) -> anyhow::Result<Vec<Conn>> {
+    let mut conns = open_many(ep, prefix, n).await?;
+    for c in &mut conns {
+        c.release_buffers();
+    }
+    Ok(conns)
+}
+
 /// The `hold` command.
 pub(crate) async fn run(args: HoldArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -174,10 +180,7 @@ pub(crate) async fn run(args: HoldArgs) -> anyhow::Result<()> {
         tls,
         spill: None,
     };
-    let mut conns = open_many(&ep, &args.prefix, args.count).await?;
-    for c in &mut conns {
-        c.release_buffers();
-    }
+    let conns = open_idle(&ep, &args.prefix, args.count).await?;
     let mut out = std::io::stdout();
     writeln!(out, "held {}", conns.len())?;
     out.flush()?;
