@@ -537,12 +537,7 @@ impl Ring {
                     st.sent += result as usize;
                     if st.sent < st.send.len() && !st.dropped {
                         // A short send: the rest goes next, from the same buffer.
-                        let rest = &st.send[st.sent..];
-                        let entry =
-                            opcode::Send::new(Fixed(st.slot), rest.as_ptr(), rest.len() as u32)
-                                .flags(libc::MSG_NOSIGNAL)
-                                .build()
-                                .user_data(user_data(key, Op::Send));
+                        let entry = send_entry(st.slot, key, &st.send[st.sent..]);
                         // SAFETY: `send` is not touched while `send_pending` is set, and the
                         // state lives in the entry table until the connection is closed.
                         #[allow(unsafe_code)]
@@ -677,6 +672,14 @@ struct Adopted {
     slot: Box<RawFd>,
     /// Kept open until the table holds the socket.
     socket: OwnedFd,
+}
+
+/// A send of `bytes` on the connection in `slot` (entry `key`); no SIGPIPE if the peer is gone.
+fn send_entry(slot: u32, key: usize, bytes: &[u8]) -> squeue::Entry {
+    opcode::Send::new(Fixed(slot), bytes.as_ptr(), bytes.len() as u32)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(user_data(key, Op::Send))
 }
 
 fn zeroed_storage() -> libc::sockaddr_storage {
@@ -976,10 +979,7 @@ impl AsyncWrite for RingStream {
         st.send.clear();
         st.send.extend_from_slice(&data[..n]);
         st.sent = 0;
-        let entry = opcode::Send::new(Fixed(st.slot), st.send.as_ptr(), n as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data(this.key, Op::Send));
+        let entry = send_entry(st.slot, this.key, &st.send);
         // SAFETY: `send` is not touched while `send_pending` is set, and the state lives in
         // the entry table until the connection is closed.
         #[allow(unsafe_code)]
