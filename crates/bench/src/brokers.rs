@@ -428,8 +428,31 @@ keypath = \"{}\"
     )
 }
 
+/// Times a peer broker is started on new ports when it exits before listening.
+const START_ATTEMPTS: u32 = 3;
+
 /// Starts a broker with its TCP and mTLS listeners on 127.0.0.1 and waits until both accept.
+///
+/// thingd picks its own ports. Mosquitto and rumqttd are given ports that were free a moment
+/// before, and another process (a client's ephemeral port, say) may take one first; such a
+/// broker exits at once, and is started again on other ports.
 pub(crate) fn start(inst: &Installed, pki: &Pki, work: &Path) -> anyhow::Result<Broker> {
+    let mut attempt = 1;
+    loop {
+        match start_once(inst, pki, work) {
+            Err(error) if inst.kind != Kind::Thingd && attempt < START_ATTEMPTS => {
+                eprintln!(
+                    "{}: start {attempt} failed ({error:#}); trying other ports",
+                    inst.kind
+                );
+                attempt += 1;
+            }
+            started => return started,
+        }
+    }
+}
+
+fn start_once(inst: &Installed, pki: &Pki, work: &Path) -> anyhow::Result<Broker> {
     let log = std::fs::File::create(work.join(format!("{}.log", inst.kind)))?;
     let (child, tcp, tls) = match inst.kind {
         Kind::Thingd => {
