@@ -16,7 +16,10 @@
 //!
 //! Each ring has a reaper task: the runtime's poller wakes it when the ring's descriptor is
 //! readable (completions wait), and it wakes the tasks they are for. Any thread queues
-//! submissions (under a lock) and hands them to the kernel (outside it). A [`RingStream`] reads with `IORING_OP_RECV` into a
+//! submissions (under a lock) and hands them to the kernel (outside it); a stream that has
+//! just submitted a read or a write then takes the completions already there itself, so a
+//! send that fits the socket's buffer, or a receive that finds bytes waiting, finishes
+//! without a round through the reaper. A [`RingStream`] reads with `IORING_OP_RECV` into a
 //! buffer of its own (512 bytes while the peer sends little, 16 KiB while reads fill it) and
 //! hands the bytes out to `poll_read`; a write is copied into its own buffer and sent with
 //! `IORING_OP_SEND`, and the next write or `poll_flush` waits for it. Dropping a stream
@@ -277,6 +280,8 @@ struct Ring {
     uring: IoUring,
     /// Held while the submission queue is written.
     submitting: Mutex<()>,
+    /// Held while completions are taken from the completion queue.
+    reaping: Mutex<()>,
     entries: Mutex<Entries>,
     /// Connections accepted into this ring's table and not yet closed.
     held: AtomicUsize,
@@ -325,6 +330,7 @@ impl Ring {
         let ring = Arc::new(Ring {
             uring,
             submitting: Mutex::new(()),
+            reaping: Mutex::new(()),
             entries: Mutex::new(Entries::default()),
             held: AtomicUsize::new(0),
             used: AtomicUsize::new(0),
@@ -387,7 +393,6 @@ impl Ring {
     /// and acts on it, until the ring is stopped and holds nothing. Readiness is cleared before
     /// the queue is read, so a completion that arrives meanwhile makes it readable again.
     async fn reap(self: Arc<Ring>, readable: AsyncFd<RawFd>, index: usize) {
-        let mut done: Vec<(u64, i32)> = Vec::with_capacity(256);
         loop {
             match readable.readable().await {
                 Ok(mut guard) => guard.clear_ready(),
@@ -396,21 +401,7 @@ impl Ring {
                     return;
                 }
             }
-            loop {
-                {
-                    // SAFETY: only this task ever takes the completion queue.
-                    #[allow(unsafe_code)]
-                    let mut cq = unsafe { self.uring.completion_shared() };
-                    cq.sync();
-                    done.extend(cq.map(|c| (c.user_data(), c.result())));
-                }
-                if done.is_empty() {
-                    break;
-                }
-                for (data, result) in done.drain(..) {
-                    self.complete(data, result);
-                }
-            }
+            self.take_completions(&self.reaping.lock());
             if self.completions_overflowed() {
                 // The kernel keeps what did not fit in the queue until asked for it.
                 if let Err(error) = self.uring.submitter().submit() {
@@ -420,6 +411,40 @@ impl Ring {
             }
             if self.stopping.load(Ordering::Relaxed) && self.entries.lock().live == 0 {
                 return;
+            }
+        }
+    }
+
+    /// Acts on the completions waiting now, unless another thread is taking them (then it
+    /// takes these too). A send, or a receive that finds bytes waiting, completes inside its
+    /// submission: a stream that takes its completion at once spares the reaper a wakeup and
+    /// itself a round through the scheduler.
+    fn take_completions_now(&self) {
+        if let Some(reaping) = self.reaping.try_lock() {
+            self.take_completions(&reaping);
+        }
+    }
+
+    /// Takes every completion in the queue and acts on it; `_reaping` is the queue's lock.
+    fn take_completions(&self, _reaping: &parking_lot::MutexGuard<'_, ()>) {
+        const BATCH: usize = 64;
+        loop {
+            let mut batch = [(0u64, 0i32); BATCH];
+            let mut taken = 0;
+            {
+                // SAFETY: `reaping` is held, so this is the only completion queue in use.
+                #[allow(unsafe_code)]
+                let cq = unsafe { self.uring.completion_shared() };
+                for (slot, c) in batch.iter_mut().zip(cq) {
+                    *slot = (c.user_data(), c.result());
+                    taken += 1;
+                }
+            }
+            if taken == 0 {
+                return;
+            }
+            for &(data, result) in &batch[..taken] {
+                self.complete(data, result);
             }
         }
     }
@@ -913,6 +938,23 @@ impl Drop for RingStream {
     }
 }
 
+impl RingStream {
+    /// What a read can return without waiting: bytes already received, an error or the end.
+    fn read_at_once(st: &mut ConnState, buf: &mut ReadBuf<'_>) -> Option<io::Result<()>> {
+        if st.start < st.end {
+            let n = (st.end - st.start).min(buf.remaining());
+            let start = st.start;
+            buf.put_slice(&st.recv[start..start + n]);
+            st.start += n;
+            return Some(Ok(()));
+        }
+        if let Some(e) = st.read_error {
+            return Some(Err(errno(e)));
+        }
+        st.eof.then_some(Ok(()))
+    }
+}
+
 impl AsyncRead for RingStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -924,20 +966,9 @@ impl AsyncRead for RingStream {
         }
         let this = self.get_mut();
         let mut st = this.state.lock();
-        if st.start < st.end {
-            let n = (st.end - st.start).min(buf.remaining());
-            let start = st.start;
-            buf.put_slice(&st.recv[start..start + n]);
-            st.start += n;
-            return Poll::Ready(Ok(()));
+        if let Some(read) = RingStream::read_at_once(&mut st, buf) {
+            return Poll::Ready(read);
         }
-        if let Some(e) = st.read_error {
-            return Poll::Ready(Err(errno(e)));
-        }
-        if st.eof {
-            return Poll::Ready(Ok(()));
-        }
-        RingStream::keep_waker(&mut st.read_waker, cx);
         if !st.recv_pending {
             let want = if st.busy { BUSY_RECV } else { IDLE_RECV };
             if st.recv.len() != want {
@@ -952,7 +983,15 @@ impl AsyncRead for RingStream {
             unsafe { this.ring.submit(&entry) }?;
             st.recv_pending = true;
             st.pending += 1;
+            // Bytes that were already waiting have arrived with the submission.
+            drop(st);
+            this.ring.take_completions_now();
+            st = this.state.lock();
+            if let Some(read) = RingStream::read_at_once(&mut st, buf) {
+                return Poll::Ready(read);
+            }
         }
+        RingStream::keep_waker(&mut st.read_waker, cx);
         Poll::Pending
     }
 }
@@ -986,6 +1025,10 @@ impl AsyncWrite for RingStream {
         unsafe { this.ring.submit(&entry) }?;
         st.send_pending = true;
         st.pending += 1;
+        // A send that fits the socket's buffer has completed inside the submission: taking
+        // its completion now lets the flush that follows finish at once.
+        drop(st);
+        this.ring.take_completions_now();
         Poll::Ready(Ok(n))
     }
 
@@ -1097,6 +1140,42 @@ mod tests {
         assert_eq!(peer, local, "accept reports the client's address");
         assert_eq!(back.len(), data.len());
         assert!(back == data, "the echo differs from what was sent");
+        drop(stream);
+        until_held(&rings, 0).await;
+    }
+
+    /// On one thread nothing else runs between these polls, so the reaper cannot have
+    /// delivered the completions: the stream must have taken them itself.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_of_waiting_bytes_and_a_write_that_fits_finish_without_waiting() {
+        let rings = Rings::new(4, 1).unwrap();
+        let listener = listener().await;
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut stream, _) = rings.accept(listener.as_raw_fd()).await.unwrap();
+        client.write_all(b"ping").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut got = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut got);
+        let read = Pin::new(&mut stream).poll_read(&mut cx, &mut buf);
+        assert!(
+            matches!(read, Poll::Ready(Ok(()))),
+            "bytes already in the socket are read at the first poll, got {read:?}"
+        );
+        assert_eq!(buf.filled(), b"ping");
+        let write = Pin::new(&mut stream).poll_write(&mut cx, b"pong");
+        assert!(matches!(write, Poll::Ready(Ok(4))), "got {write:?}");
+        let flush = Pin::new(&mut stream).poll_flush(&mut cx);
+        assert!(
+            matches!(flush, Poll::Ready(Ok(()))),
+            "a small send is done by the time it is flushed, got {flush:?}"
+        );
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"pong");
         drop(stream);
         until_held(&rings, 0).await;
     }
