@@ -622,6 +622,11 @@ impl RawClient {
         })
     }
 
+    /// The client's end of the TCP connection.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.stream.get_ref().0.local_addr()
+    }
+
     /// Opens a connection and completes CONNECT; fails unless CONNACK says success.
     pub(crate) async fn connect(
         server: &TestServer,

@@ -33,8 +33,8 @@ pub struct BeyondFileLimit {
     /// The rings that hold them.
     pub rings: Rings,
     /// An accepted connection whose descriptor is this or higher moves into a ring and gives
-    /// its descriptor back, so that the descriptors below the limit stay free for thingd's
-    /// own files and listeners.
+    /// its descriptor back, so that the descriptors above stay free for thingd's own files and
+    /// listeners, and for busy ring-held connections moving out (`Rings::promote_below`).
     pub descriptor_ceiling: i32,
 }
 

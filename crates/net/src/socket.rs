@@ -1,9 +1,11 @@
 //! A connection's socket: an ordinary TCP stream, or one held as an io_uring direct
 //! descriptor once the process has no file descriptor left to give it (see `thingd-uring`).
+//! A ring-held connection that turns busy moves onto a descriptor of its own when one is
+//! free below the rings' promotion ceiling, before its next read or write.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use thingd_uring::RingStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -18,13 +20,30 @@ pub enum Socket {
     Ring(RingStream),
 }
 
+impl Socket {
+    /// Moves a busy ring-held connection onto a descriptor of its own, when its ring allows
+    /// it (see `RingStream::poll_promote`); waits while such a move is under way.
+    fn poll_promote(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Socket::Ring(ring) = self {
+            match ring.poll_promote(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(tcp)) => *self = Socket::Tcp(tcp),
+                Poll::Ready(None) => {}
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        ready!(this.poll_promote(cx));
+        match this {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Ring(s) => Pin::new(s).poll_read(cx, buf),
         }
@@ -37,7 +56,9 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        ready!(this.poll_promote(cx));
+        match this {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, data),
             Socket::Ring(s) => Pin::new(s).poll_write(cx, data),
         }
@@ -48,7 +69,9 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        ready!(this.poll_promote(cx));
+        match this {
             Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Socket::Ring(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }

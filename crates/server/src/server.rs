@@ -51,14 +51,19 @@ fn beyond_file_limit(limits: &crate::config::Limits) -> Option<BeyondFileLimit> 
     match Rings::new(slots as u32, max_rings as usize) {
         Ok(rings) => {
             let ceiling = limit - reserve;
+            // A quarter of the descriptors below the reserve waits for busy connections
+            // leaving the rings: idle ones accepted first would otherwise take them all.
+            let accept_ceiling = ceiling - ceiling / 4;
+            rings.promote_below(Some(i32::try_from(ceiling).unwrap_or(i32::MAX)));
             tracing::info!(
                 open_file_limit = limit,
-                "connections past descriptor {ceiling} are held in io_uring file tables \
-                 (up to {max_rings} of {slots})"
+                "connections past descriptor {accept_ceiling} are held in io_uring file \
+                 tables (up to {max_rings} of {slots}); busy ones move back onto descriptors \
+                 below {ceiling}"
             );
             Some(BeyondFileLimit {
                 rings,
-                descriptor_ceiling: i32::try_from(ceiling).unwrap_or(i32::MAX),
+                descriptor_ceiling: i32::try_from(accept_ceiling).unwrap_or(i32::MAX),
             })
         }
         Err(error) => {

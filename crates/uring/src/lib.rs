@@ -26,21 +26,28 @@
 //! cancels what it still has in flight and closes the descriptor once the last of it has
 //! completed.
 //!
+//! A connection that turns busy can leave its ring ([`RingStream::poll_promote`]): the kernel
+//! installs its socket as an ordinary descriptor (`IORING_OP_FIXED_FD_INSTALL`), the caller
+//! gets a tokio `TcpStream`, and the slot is closed. [`Rings::promote_below`] turns that on
+//! and says which descriptors it may take.
+//!
 //! # Unsafe
 //! The kernel reads and writes the buffers of an operation until its completion arrives, so
 //! every buffer an operation points at lives in state that this crate keeps (in the ring's
 //! entry table) until that completion has been reaped, and is not touched by anyone else
 //! until then. The `unsafe` blocks are the pushes of such operations, the shared access to the
-//! submission and completion queues (each behind its own rule, stated where it is taken), and
-//! reading the peer's address out of a `sockaddr_storage`.
+//! submission and completion queues (each behind its own rule, stated where it is taken),
+//! reading the peer's address out of a `sockaddr_storage`, and taking ownership of a
+//! descriptor the kernel has just installed.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use io_uring::types::{CancelBuilder, DestinationSlot, Fd, Fixed};
 use io_uring::{IoUring, opcode, squeue};
@@ -60,6 +67,14 @@ const KEEP_SEND: usize = 4096;
 const RING_ENTRIES: u32 = 1024;
 /// `IORING_FILE_INDEX_ALLOC`: the kernel picks a free slot.
 const FILE_INDEX_ALLOC: i32 = -1;
+/// [`Rings::promote_below`] unset.
+const NO_PROMOTION: i32 = -1;
+/// Receives in a row, each within [`BUSY_GAP`] of the one before, that make a connection busy
+/// enough to be given an ordinary descriptor.
+const PROMOTE_AFTER: u32 = 16;
+const BUSY_GAP: Duration = Duration::from_secs(1);
+/// How long a connection refused a descriptor waits before it asks again.
+const PROMOTION_RETRY: Duration = Duration::from_secs(5);
 /// `TCP_NODELAY`'s value, read by the kernel when the option is set.
 static ONE: libc::c_int = 1;
 
@@ -78,6 +93,8 @@ enum Op {
     CloseOrphan,
     /// Wakes the reaper (when the rings are dropped).
     Wake,
+    /// Installing a busy connection's socket as an ordinary descriptor.
+    Install,
 }
 
 impl Op {
@@ -92,6 +109,7 @@ impl Op {
             Op::Close,
             Op::CloseOrphan,
             Op::Wake,
+            Op::Install,
         ]
         .into_iter()
         .find(|op| *op as u8 == byte)
@@ -135,6 +153,8 @@ struct RingsShared {
     rings: Mutex<Vec<Arc<Ring>>>,
     slots_per_ring: u32,
     max_rings: usize,
+    /// Shared with every ring: see [`Rings::promote_below`].
+    promote_below: Arc<AtomicI32>,
 }
 
 impl Drop for RingsShared {
@@ -158,14 +178,24 @@ impl Rings {
                 "io_uring direct descriptors need Linux 6.0 or later",
             ));
         }
-        let first = Ring::open(slots_per_ring, 0)?;
+        let promote_below = Arc::new(AtomicI32::new(NO_PROMOTION));
+        let first = Ring::open(slots_per_ring, 0, promote_below.clone())?;
         Ok(Rings {
             shared: Arc::new(RingsShared {
                 rings: Mutex::new(vec![first]),
                 slots_per_ring,
                 max_rings: max_rings.max(1),
+                promote_below,
             }),
         })
+    }
+
+    /// Lets a busy connection leave its ring for an ordinary descriptor (see
+    /// [`RingStream::poll_promote`]) when the descriptor it gets is below `ceiling`; `None`
+    /// (the default) keeps every connection where it was accepted.
+    pub fn promote_below(&self, ceiling: Option<RawFd>) {
+        let ceiling = ceiling.map_or(NO_PROMOTION, |c| c.max(0));
+        self.shared.promote_below.store(ceiling, Ordering::Relaxed);
     }
 
     /// Connections accepted through the rings and not yet closed.
@@ -215,7 +245,11 @@ impl Rings {
         if rings.len() >= self.shared.max_rings {
             return Err(io::Error::from_raw_os_error(libc::ENFILE));
         }
-        let ring = Ring::open(self.shared.slots_per_ring, rings.len())?;
+        let ring = Ring::open(
+            self.shared.slots_per_ring,
+            rings.len(),
+            self.shared.promote_below.clone(),
+        )?;
         if !ring.try_reserve() {
             return Err(io::Error::from_raw_os_error(libc::ENFILE));
         }
@@ -290,6 +324,8 @@ struct Ring {
     /// Slots in the table.
     capacity: usize,
     stopping: AtomicBool,
+    /// Descriptors below this may be given to busy connections ([`NO_PROMOTION`]: none).
+    promote_below: Arc<AtomicI32>,
 }
 
 impl Drop for Ring {
@@ -311,7 +347,7 @@ impl Drop for Ring {
 }
 
 impl Ring {
-    fn open(slots: u32, index: usize) -> io::Result<Arc<Ring>> {
+    fn open(slots: u32, index: usize, promote_below: Arc<AtomicI32>) -> io::Result<Arc<Ring>> {
         // Cooperative task running: a completion for an operation a worker submitted waits
         // for that worker's next system call instead of interrupting it (a sleeping worker is
         // still woken). With every connection in a ring at 20,000 msg/s over mTLS, thingd's
@@ -336,6 +372,7 @@ impl Ring {
             used: AtomicUsize::new(0),
             capacity: slots as usize,
             stopping: AtomicBool::new(false),
+            promote_below,
         });
         // The ring's descriptor is readable while completions wait: the runtime's poller
         // wakes the reaper, which runs as a task like any other.
@@ -548,6 +585,16 @@ impl Ring {
                         st.busy = n == st.recv.len();
                         st.start = 0;
                         st.end = n;
+                        if self.promote_below.load(Ordering::Relaxed) != NO_PROMOTION {
+                            let now = Instant::now();
+                            let close = st.last_recv.is_some_and(|t| now - t <= BUSY_GAP);
+                            st.streak = if close {
+                                st.streak.saturating_add(1)
+                            } else {
+                                1
+                            };
+                            st.last_recv = Some(now);
+                        }
                     }
                     0 => st.eof = true,
                     e => st.read_error = Some(e),
@@ -586,6 +633,15 @@ impl Ring {
             }
             Op::Shutdown => {
                 st.shutdown = Shutdown::Done(result);
+                wake.extend(st.write_waker.take());
+            }
+            Op::Install => {
+                if st.dropped {
+                    close_installed(result);
+                } else {
+                    st.promotion = Promotion::Installed(result);
+                }
+                wake.extend(st.read_waker.take());
                 wake.extend(st.write_waker.take());
             }
             Op::NoDelay => {
@@ -700,6 +756,17 @@ struct Adopted {
 }
 
 /// A send of `bytes` on the connection in `slot` (entry `key`); no SIGPIPE if the peer is gone.
+/// Closes a descriptor `IORING_OP_FIXED_FD_INSTALL` gave (when `result` is one) that nobody
+/// will use.
+fn close_installed(result: i32) {
+    if result >= 0 {
+        // SAFETY: the kernel has just installed this descriptor for the stream that asked, and
+        // nothing else knows its number.
+        #[allow(unsafe_code)]
+        drop(unsafe { OwnedFd::from_raw_fd(result) });
+    }
+}
+
 fn send_entry(slot: u32, key: usize, bytes: &[u8]) -> squeue::Entry {
     opcode::Send::new(Fixed(slot), bytes.as_ptr(), bytes.len() as u32)
         .flags(libc::MSG_NOSIGNAL)
@@ -819,6 +886,21 @@ enum Shutdown {
     Done(i32),
 }
 
+/// Where a connection stands on its way out of the ring (see [`RingStream::poll_promote`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Promotion {
+    /// Not asked for, or asked for and refused.
+    Idle,
+    /// Refused; not asked for again before this.
+    NotBefore(Instant),
+    /// `IORING_OP_FIXED_FD_INSTALL` in flight: reads and writes wait.
+    Installing,
+    /// Its result: a descriptor, or an error.
+    Installed(i32),
+    /// The socket has its own descriptor now and the slot is being closed.
+    Moved,
+}
+
 struct ConnState {
     /// The direct descriptor.
     slot: u32,
@@ -839,10 +921,46 @@ struct ConnState {
     write_error: Option<i32>,
     write_waker: Option<Waker>,
     shutdown: Shutdown,
+    /// Receives in a row, each within [`BUSY_GAP`] of the one before (counted only while
+    /// promotion is on), and when the last arrived.
+    streak: u32,
+    last_recv: Option<Instant>,
+    promotion: Promotion,
     /// Operations submitted and not yet completed.
     pending: u32,
     dropped: bool,
     close_sent: bool,
+}
+
+impl ConnState {
+    /// Whether reads and writes must wait for a move out of the ring. A move whose descriptor
+    /// arrived but was not taken (a read or write came first) is given up: the descriptor is
+    /// closed and the connection stays.
+    fn moving(&mut self) -> bool {
+        match self.promotion {
+            Promotion::Installing => true,
+            Promotion::Installed(result) => {
+                close_installed(result);
+                self.promotion = Promotion::NotBefore(Instant::now() + PROMOTION_RETRY);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the connection has been busy enough, and is quiet enough right now (nothing in
+    /// flight, nothing unread, no error, end or shutdown), to move out of the ring.
+    fn ready_to_move(&self) -> bool {
+        let refused = matches!(self.promotion, Promotion::NotBefore(t) if Instant::now() < t);
+        !refused
+            && self.streak >= PROMOTE_AFTER
+            && self.pending == 0
+            && self.start == self.end
+            && !self.eof
+            && self.read_error.is_none()
+            && self.write_error.is_none()
+            && matches!(self.shutdown, Shutdown::NotAsked)
+    }
 }
 
 /// A TCP connection held as a direct descriptor of an io_uring (see the crate docs).
@@ -878,6 +996,9 @@ impl RingStream {
             write_error: None,
             write_waker: None,
             shutdown: Shutdown::NotAsked,
+            streak: 0,
+            last_recv: None,
+            promotion: Promotion::Idle,
             pending: 0,
             dropped: false,
             close_sent: false,
@@ -908,6 +1029,92 @@ impl RingStream {
         }
     }
 
+    /// Moves a busy connection out of its ring onto an ordinary descriptor of its own, when
+    /// [`Rings::promote_below`] allows it and the descriptor the kernel gives is below that
+    /// ceiling: a ring-held connection costs more per read and write than one the runtime's
+    /// poller watches, which matters for the few busy connections among many idle ones.
+    ///
+    /// Call it before reading or writing. `Ready(None)`: the connection stays in the ring
+    /// (promotion is off, it has not been busy, something is in flight or unread, or no
+    /// descriptor was free below the ceiling; a refused connection asks again after a few
+    /// seconds). `Pending`: the move is under way and the task is woken when it ends; reads
+    /// and writes wait until then. `Ready(Some(stream))`: the connection is `stream` now, its
+    /// slot is being closed, and this `RingStream` must only be dropped.
+    pub fn poll_promote(&mut self, cx: &mut Context<'_>) -> Poll<Option<tokio::net::TcpStream>> {
+        let below = self.ring.promote_below.load(Ordering::Relaxed);
+        if below == NO_PROMOTION {
+            return Poll::Ready(None);
+        }
+        let mut st = self.state.lock();
+        if st.promotion != Promotion::Installing && !matches!(st.promotion, Promotion::Installed(_))
+        {
+            if !st.ready_to_move() {
+                return Poll::Ready(None);
+            }
+            let entry = opcode::FixedFdInstall::new(Fixed(st.slot), 0)
+                .build()
+                .user_data(user_data(self.key, Op::Install));
+            // SAFETY: installing a descriptor points at no buffer.
+            #[allow(unsafe_code)]
+            if let Err(error) = unsafe { self.ring.submit(&entry) } {
+                tracing::debug!(%error, "cannot ask for a descriptor for a busy io_uring connection");
+                st.promotion = Promotion::NotBefore(Instant::now() + PROMOTION_RETRY);
+                return Poll::Ready(None);
+            }
+            st.promotion = Promotion::Installing;
+            st.pending += 1;
+            // Installing completes inside its submission.
+            drop(st);
+            self.ring.take_completions_now();
+            st = self.state.lock();
+        }
+        let Promotion::Installed(result) = st.promotion else {
+            RingStream::keep_waker(&mut st.read_waker, cx);
+            RingStream::keep_waker(&mut st.write_waker, cx);
+            return Poll::Pending;
+        };
+        st.promotion = Promotion::NotBefore(Instant::now() + PROMOTION_RETRY);
+        if result < 0 {
+            tracing::debug!(error = %errno(result), "no descriptor for a busy io_uring connection");
+            return Poll::Ready(None);
+        }
+        // SAFETY: the kernel has just installed this descriptor for this stream, and nothing
+        // else knows its number.
+        #[allow(unsafe_code)]
+        let fd = unsafe { OwnedFd::from_raw_fd(result) };
+        if result >= below || st.pending > 0 {
+            // Past the ceiling (the descriptors below it are taken), or something got in
+            // flight meanwhile: stay, and let the descriptor go.
+            return Poll::Ready(None);
+        }
+        let std = std::net::TcpStream::from(fd);
+        let stream = match std
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(std))
+        {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "cannot register a promoted io_uring connection");
+                return Poll::Ready(None);
+            }
+        };
+        // The descriptor holds the socket now: free the slot.
+        let close = opcode::Close::new(Fixed(st.slot))
+            .build()
+            .user_data(user_data(self.key, Op::Close));
+        // SAFETY: closing points at no buffer.
+        #[allow(unsafe_code)]
+        if let Err(error) = unsafe { self.ring.submit(&close) } {
+            tracing::debug!(%error, "cannot free the slot of a promoted io_uring connection");
+            return Poll::Ready(None);
+        }
+        st.pending += 1;
+        st.close_sent = true;
+        st.dropped = true;
+        st.promotion = Promotion::Moved;
+        Poll::Ready(Some(stream))
+    }
+
     /// Stores `cx`'s waker in `slot` unless it is already there.
     fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
         if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -919,6 +1126,12 @@ impl RingStream {
 impl Drop for RingStream {
     fn drop(&mut self) {
         let mut st = self.state.lock();
+        match st.promotion {
+            // The slot's close is in flight and the socket is someone else's.
+            Promotion::Moved => return,
+            Promotion::Installed(result) => close_installed(result),
+            _ => {}
+        }
         st.dropped = true;
         st.read_waker = None;
         st.write_waker = None;
@@ -969,6 +1182,10 @@ impl AsyncRead for RingStream {
         if let Some(read) = RingStream::read_at_once(&mut st, buf) {
             return Poll::Ready(read);
         }
+        if st.moving() {
+            RingStream::keep_waker(&mut st.read_waker, cx);
+            return Poll::Pending;
+        }
         if !st.recv_pending {
             let want = if st.busy { BUSY_RECV } else { IDLE_RECV };
             if st.recv.len() != want {
@@ -1010,7 +1227,7 @@ impl AsyncWrite for RingStream {
         if let Some(e) = st.write_error {
             return Poll::Ready(Err(errno(e)));
         }
-        if st.send_pending {
+        if st.send_pending || st.moving() {
             RingStream::keep_waker(&mut st.write_waker, cx);
             return Poll::Pending;
         }
@@ -1176,6 +1393,109 @@ mod tests {
         let mut back = [0u8; 4];
         client.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"pong");
+        drop(stream);
+        until_held(&rings, 0).await;
+    }
+
+    /// Echoes `rounds` one-byte messages, one at a time, so that each is a receive of its own.
+    async fn ping_pong(client: &mut TcpStream, stream: &mut RingStream, rounds: u8) {
+        for i in 0..rounds {
+            client.write_all(&[i]).await.unwrap();
+            let mut got = [0u8; 1];
+            stream.read_exact(&mut got).await.unwrap();
+            stream.write_all(&got).await.unwrap();
+            stream.flush().await.unwrap();
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [i]);
+        }
+    }
+
+    /// What `poll_promote` ends with (installing a descriptor usually completes inside its
+    /// submission, unless the reaper takes the completion first).
+    async fn promote_now(stream: &mut RingStream) -> Option<TcpStream> {
+        let promoting = std::future::poll_fn(|cx| stream.poll_promote(cx));
+        tokio::time::timeout(Duration::from_secs(5), promoting)
+            .await
+            .expect("installing a descriptor ends")
+    }
+
+    /// A client connected to a connection accepted into `rings`.
+    async fn ring_pair(rings: &Rings, listener: &TcpListener) -> (TcpStream, RingStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = rings.accept(listener.as_raw_fd()).await.unwrap();
+        (client, stream)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_connection_moves_onto_a_descriptor_below_the_ceiling() {
+        let rings = Rings::new(4, 1).unwrap();
+        let listener = listener().await;
+        rings.promote_below(Some(RawFd::MAX));
+
+        let (mut client, mut quiet) = ring_pair(&rings, &listener).await;
+        ping_pong(&mut client, &mut quiet, 2).await;
+        assert!(
+            promote_now(&mut quiet).await.is_none(),
+            "two reads do not make a connection busy"
+        );
+
+        let (mut client, mut busy) = ring_pair(&rings, &listener).await;
+        ping_pong(&mut client, &mut busy, 20).await;
+        let mut tcp = promote_now(&mut busy)
+            .await
+            .expect("a busy connection gets a descriptor");
+        drop(busy);
+        until_held(&rings, 1).await;
+        let link = format!("/proc/self/fd/{}", tcp.as_raw_fd());
+        let target = std::fs::read_link(&link).unwrap();
+        assert!(target.to_string_lossy().starts_with("socket:"));
+
+        client.write_all(b"after").await.unwrap();
+        let mut got = [0u8; 5];
+        tcp.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"after");
+        tcp.write_all(b"moved").await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"moved");
+        drop(tcp);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "closing the descriptor closes the connection"
+        );
+        drop(quiet);
+        until_held(&rings, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_connection_stays_in_its_ring_without_a_descriptor_below_the_ceiling() {
+        let rings = Rings::new(4, 1).unwrap();
+        let listener = listener().await;
+        let (mut client, mut stream) = ring_pair(&rings, &listener).await;
+        ping_pong(&mut client, &mut stream, 20).await;
+        assert!(
+            promote_now(&mut stream).await.is_none(),
+            "promotion is off by default"
+        );
+
+        rings.promote_below(Some(0));
+        ping_pong(&mut client, &mut stream, 20).await;
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert!(
+            promote_now(&mut stream).await.is_none(),
+            "every descriptor is at or above a ceiling of 0"
+        );
+        let after = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert!(after <= before, "the refused descriptor is closed again");
+        ping_pong(&mut client, &mut stream, 2).await;
+        assert_eq!(
+            rings.held(),
+            1,
+            "a refused connection stays and keeps working"
+        );
         drop(stream);
         until_held(&rings, 0).await;
     }
