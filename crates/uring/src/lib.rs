@@ -1046,27 +1046,30 @@ impl RingStream {
             return Poll::Ready(None);
         }
         let mut st = self.state.lock();
-        if st.promotion != Promotion::Installing && !matches!(st.promotion, Promotion::Installed(_))
-        {
-            if !st.ready_to_move() {
-                return Poll::Ready(None);
+        match st.promotion {
+            Promotion::Moved => return Poll::Ready(None),
+            Promotion::Installing | Promotion::Installed(_) => {}
+            Promotion::Idle | Promotion::NotBefore(_) => {
+                if !st.ready_to_move() {
+                    return Poll::Ready(None);
+                }
+                let entry = opcode::FixedFdInstall::new(Fixed(st.slot), 0)
+                    .build()
+                    .user_data(user_data(self.key, Op::Install));
+                // SAFETY: installing a descriptor points at no buffer.
+                #[allow(unsafe_code)]
+                if let Err(error) = unsafe { self.ring.submit(&entry) } {
+                    tracing::debug!(%error, "cannot ask for a descriptor for a busy io_uring connection");
+                    st.promotion = Promotion::NotBefore(Instant::now() + PROMOTION_RETRY);
+                    return Poll::Ready(None);
+                }
+                st.promotion = Promotion::Installing;
+                st.pending += 1;
+                // Installing completes inside its submission.
+                drop(st);
+                self.ring.take_completions_now();
+                st = self.state.lock();
             }
-            let entry = opcode::FixedFdInstall::new(Fixed(st.slot), 0)
-                .build()
-                .user_data(user_data(self.key, Op::Install));
-            // SAFETY: installing a descriptor points at no buffer.
-            #[allow(unsafe_code)]
-            if let Err(error) = unsafe { self.ring.submit(&entry) } {
-                tracing::debug!(%error, "cannot ask for a descriptor for a busy io_uring connection");
-                st.promotion = Promotion::NotBefore(Instant::now() + PROMOTION_RETRY);
-                return Poll::Ready(None);
-            }
-            st.promotion = Promotion::Installing;
-            st.pending += 1;
-            // Installing completes inside its submission.
-            drop(st);
-            self.ring.take_completions_now();
-            st = self.state.lock();
         }
         let Promotion::Installed(result) = st.promotion else {
             RingStream::keep_waker(&mut st.read_waker, cx);
