@@ -156,7 +156,11 @@ impl Held {
 
 /// Opens `n` connections to hold idle, their buffers given back.
 async fn open_idle(ep: &Endpoint, prefix: &str, n: usize) -> anyhow::Result<Vec<Conn>> {
-    let mut conns = open_many(ep, prefix, n).await?;
+    let ep = Endpoint {
+        reset_on_close: true,
+        ..ep.clone()
+    };
+    let mut conns = open_many(&ep, prefix, n).await?;
     for c in &mut conns {
         c.release_buffers();
     }
@@ -179,6 +183,7 @@ pub(crate) async fn run(args: HoldArgs) -> anyhow::Result<()> {
         addr: args.addr,
         tls,
         spill: None,
+        reset_on_close: true,
     };
     let conns = open_idle(&ep, &args.prefix, args.count).await?;
     let mut out = std::io::stdout();

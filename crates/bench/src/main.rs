@@ -357,6 +357,7 @@ async fn run_once(
             pki: setup.pki.clone(),
             local: setup.max_idle.saturating_sub(scenario.local_connections()),
         })),
+        reset_on_close: false,
     };
     let result = match scenarios::run(scenario, &ep, target, &format!("r{run_id}")).await {
         Ok(m) => m.check().map(|()| m).map_err(|e| format!("{e:#}")),

@@ -67,6 +67,7 @@ pub(crate) async fn run(args: ShadowArgs) -> anyhow::Result<bool> {
         addr: broker.tls,
         tls: Some(Arc::new(pki.client_config()?)),
         spill: None,
+        reset_on_close: false,
     });
     let ticks = brokers::clock_ticks();
 
