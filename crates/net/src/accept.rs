@@ -142,3 +142,111 @@ async fn adopt(rings: &Rings, stream: tokio::net::TcpStream) -> std::io::Result<
         Err(socket) => Ok(Socket::Tcp(tokio::net::TcpStream::from_std(socket.into())?)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    const CONNECTIONS: usize = 8;
+    /// Set in the child process that runs the test under a lowered open-file limit.
+    const CHILD: &str = "THINGD_NET_ACCEPT_CHILD";
+
+    /// The open-file limit is the whole process's, so the test runs in a child process of its
+    /// own: the test binary again, asked for this test alone.
+    #[test]
+    fn with_no_descriptor_left_connections_are_accepted_into_a_ring() {
+        if std::env::var_os(CHILD).is_none() {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "accept::tests::with_no_descriptor_left_connections_are_accepted_into_a_ring",
+                    "--nocapture",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .expect("the test binary runs again");
+            let stdout = String::from_utf8_lossy(&child.stdout);
+            assert!(
+                child.status.success() && stdout.contains("1 passed"),
+                "the child process failed: {}\n{stdout}\n{}",
+                child.status,
+                String::from_utf8_lossy(&child.stderr)
+            );
+            return;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(in_child());
+    }
+
+    async fn in_child() {
+        let rings = Rings::new(64, 1).expect("io_uring works here");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel completes the clients' handshakes in the backlog before any accept.
+        let mut clients = Vec::new();
+        for _ in 0..CONNECTIONS {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // About two descriptors left: the accepts after them fail with EMFILE.
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64 - 1;
+        let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+        rlimit::setrlimit(rlimit::Resource::NOFILE, open + 2, hard).unwrap();
+
+        let limits = ListenerLimits {
+            beyond_file_limit: Some(BeyondFileLimit {
+                rings: rings.clone(),
+                descriptor_ceiling: i32::MAX,
+            }),
+            ..ListenerLimits::default()
+        };
+        let (kinds, mut kind) = tokio::sync::mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            accept_loop(listener, &limits, stop, move |mut socket: Socket, _| {
+                let kinds = kinds.clone();
+                async move {
+                    let in_ring = matches!(socket, Socket::Ring(_));
+                    let mut ping = [0u8; 4];
+                    if socket.read_exact(&mut ping).await.is_ok() {
+                        let _ = socket.write_all(&ping).await;
+                        let _ = socket.flush().await;
+                    }
+                    let _ = kinds.send(in_ring);
+                    // Hold the connection until the client closes it.
+                    let _ = socket.read(&mut ping).await;
+                }
+            })
+            .await;
+        });
+        for (i, client) in clients.iter_mut().enumerate() {
+            let ping = [i as u8; 4];
+            client.write_all(&ping).await.unwrap();
+            let mut back = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut back))
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} was never served"))
+                .unwrap();
+            assert_eq!(back, ping);
+        }
+        let mut in_ring = 0;
+        for _ in 0..CONNECTIONS {
+            in_ring += usize::from(kind.recv().await.unwrap());
+        }
+        // Two or three take the descriptors left (the runtime may open or close one of its
+        // own meanwhile); the rest can only have come through the ring.
+        assert!(
+            in_ring >= CONNECTIONS / 2,
+            "{in_ring} of {CONNECTIONS} connections accepted into the ring"
+        );
+        assert_eq!(rings.held(), in_ring);
+        shutdown.cancel();
+    }
+}
