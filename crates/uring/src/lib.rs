@@ -755,18 +755,21 @@ struct Adopted {
     socket: OwnedFd,
 }
 
-/// A send of `bytes` on the connection in `slot` (entry `key`); no SIGPIPE if the peer is gone.
+/// The descriptor `IORING_OP_FIXED_FD_INSTALL` gave, when its `result` is one.
+fn installed(result: i32) -> Option<OwnedFd> {
+    // SAFETY: the kernel has just installed this descriptor for the stream that asked, it is
+    // taken once (the state holding `result` moves on at once), and nothing else knows it.
+    #[allow(unsafe_code)]
+    (result >= 0).then(|| unsafe { OwnedFd::from_raw_fd(result) })
+}
+
 /// Closes a descriptor `IORING_OP_FIXED_FD_INSTALL` gave (when `result` is one) that nobody
 /// will use.
 fn close_installed(result: i32) {
-    if result >= 0 {
-        // SAFETY: the kernel has just installed this descriptor for the stream that asked, and
-        // nothing else knows its number.
-        #[allow(unsafe_code)]
-        drop(unsafe { OwnedFd::from_raw_fd(result) });
-    }
+    drop(installed(result));
 }
 
+/// A send of `bytes` on the connection in `slot` (entry `key`); no SIGPIPE if the peer is gone.
 fn send_entry(slot: u32, key: usize, bytes: &[u8]) -> squeue::Entry {
     opcode::Send::new(Fixed(slot), bytes.as_ptr(), bytes.len() as u32)
         .flags(libc::MSG_NOSIGNAL)
@@ -887,7 +890,7 @@ enum Shutdown {
 }
 
 /// Where a connection stands on its way out of the ring (see [`RingStream::poll_promote`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Promotion {
     /// Not asked for, or asked for and refused.
     Idle,
@@ -1077,14 +1080,10 @@ impl RingStream {
             return Poll::Pending;
         };
         st.promotion = Promotion::NotBefore(Instant::now() + PROMOTION_RETRY);
-        if result < 0 {
+        let Some(fd) = installed(result) else {
             tracing::debug!(error = %errno(result), "no descriptor for a busy io_uring connection");
             return Poll::Ready(None);
-        }
-        // SAFETY: the kernel has just installed this descriptor for this stream, and nothing
-        // else knows its number.
-        #[allow(unsafe_code)]
-        let fd = unsafe { OwnedFd::from_raw_fd(result) };
+        };
         if result >= below || st.pending > 0 {
             // Past the ceiling (the descriptors below it are taken), or something got in
             // flight meanwhile: stay, and let the descriptor go.
@@ -1400,16 +1399,29 @@ mod tests {
         until_held(&rings, 0).await;
     }
 
+    /// Sends `there` from `client` to `server` and then `back` the other way, and checks that
+    /// each arrives whole.
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        client: &mut TcpStream,
+        server: &mut S,
+        there: &[u8],
+        back: &[u8],
+    ) {
+        client.write_all(there).await.unwrap();
+        let mut got = vec![0u8; there.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, there);
+        server.write_all(back).await.unwrap();
+        server.flush().await.unwrap();
+        let mut got = vec![0u8; back.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, back);
+    }
+
     /// Echoes `rounds` one-byte messages, one at a time, so that each is a receive of its own.
     async fn ping_pong(client: &mut TcpStream, stream: &mut RingStream, rounds: u8) {
         for i in 0..rounds {
-            client.write_all(&[i]).await.unwrap();
-            let mut got = [0u8; 1];
-            stream.read_exact(&mut got).await.unwrap();
-            stream.write_all(&got).await.unwrap();
-            stream.flush().await.unwrap();
-            client.read_exact(&mut got).await.unwrap();
-            assert_eq!(got, [i]);
+            exchange(client, stream, &[i], &[i]).await;
         }
     }
 
@@ -1455,13 +1467,7 @@ mod tests {
         let target = std::fs::read_link(&link).unwrap();
         assert!(target.to_string_lossy().starts_with("socket:"));
 
-        client.write_all(b"after").await.unwrap();
-        let mut got = [0u8; 5];
-        tcp.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"after");
-        tcp.write_all(b"moved").await.unwrap();
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"moved");
+        exchange(&mut client, &mut tcp, b"after", b"moved").await;
         drop(tcp);
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
@@ -1530,14 +1536,7 @@ mod tests {
             Some(before),
             "the socket's descriptor is closed once the ring holds it"
         );
-        client.write_all(b"hello").await.unwrap();
-        let mut got = [0u8; 5];
-        stream.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hello");
-        stream.write_all(b"world").await.unwrap();
-        stream.flush().await.unwrap();
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"world");
+        exchange(&mut client, &mut stream, b"hello", b"world").await;
         drop(stream);
         until_held(&rings, 0).await;
     }
