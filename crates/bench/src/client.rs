@@ -3,10 +3,15 @@
 //!
 //! There is deliberately no background task and no channel: a scenario owns its `Conn`,
 //! queues packets into the write buffer, flushes, and reads whole packets back. That keeps
-//! the generator's cost per message low and identical for every broker.
+//! the generator's cost per message low and identical for every broker. A connection can
+//! also leave tokio for a thread of its own ([`Conn::into_blocking`]), where it writes with
+//! plain blocking system calls: the fixed-rate publishers, which must send on time.
 
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -16,15 +21,57 @@ use thingd_mqtt::{
     ByteStr, Connect, Packet, Properties, ProtocolVersion, PubResp, PubRespKind, Publish, QoS,
     ReasonCode, Subscribe, SubscriptionOptions,
 };
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::TcpSocket;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
 
 const V: ProtocolVersion = ProtocolVersion::V311;
 const MAX_PACKET: usize = 1 << 20;
 
-/// Anything a connection can run over.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// The byte stream under a connection: plain TCP or TLS over TCP.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Where and how to connect.
 #[derive(Clone)]
@@ -63,7 +110,7 @@ pub(crate) fn sent_at(payload: &[u8]) -> Option<u64> {
 
 /// One MQTT connection.
 pub(crate) struct Conn {
-    io: Box<dyn Io>,
+    io: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     next_id: u16,
@@ -86,15 +133,15 @@ impl Conn {
         }
         let tcp = socket.connect(ep.addr).await.context("tcp connect")?;
         tcp.set_nodelay(true)?;
-        let io: Box<dyn Io> = match &ep.tls {
-            None => Box::new(tcp),
+        let io = match &ep.tls {
+            None => Stream::Tcp(tcp),
             Some(config) => {
                 let name = ServerName::try_from("localhost")?.to_owned();
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name, tcp)
                     .await
                     .context("tls handshake")?;
-                Box::new(tls)
+                Stream::Tls(Box::new(tls))
             }
         };
         let mut conn = Conn {
@@ -154,8 +201,7 @@ impl Conn {
 
     /// The next packet id (never 0).
     pub(crate) fn packet_id(&mut self) -> u16 {
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.next_id
+        next_packet_id(&mut self.next_id)
     }
 
     /// Encodes a PUBLISH into the write buffer; returns its packet id (0 for QoS 0).
@@ -166,15 +212,7 @@ impl Conn {
         payload: Bytes,
     ) -> anyhow::Result<u16> {
         let packet_id = (qos != QoS::AtMostOnce).then(|| self.packet_id());
-        self.queue(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic: topic.clone(),
-            packet_id,
-            properties: Properties::default(),
-            payload,
-        }))?;
+        self.queue(&publish_packet(topic, qos, packet_id, payload))?;
         Ok(packet_id.unwrap_or(0))
     }
 
@@ -244,6 +282,31 @@ impl Conn {
         }
     }
 
+    /// The same connection on blocking sockets, for a thread of its own: no task, no
+    /// readiness events, a write is one system call. Call it from inside the runtime, with
+    /// nothing left to write.
+    pub(crate) fn into_blocking(self) -> anyhow::Result<BlockingConn> {
+        anyhow::ensure!(self.wbuf.is_empty(), "unsent bytes would be lost");
+        fn blocking(tcp: TcpStream) -> std::io::Result<std::net::TcpStream> {
+            let tcp = tcp.into_std()?;
+            tcp.set_nonblocking(false)?;
+            Ok(tcp)
+        }
+        let io = match self.io {
+            Stream::Tcp(tcp) => BlockingStream::Tcp(blocking(tcp)?),
+            Stream::Tls(tls) => {
+                let (tcp, session) = (*tls).into_inner();
+                BlockingStream::Tls(Box::new(rustls::StreamOwned::new(session, blocking(tcp)?)))
+            }
+        };
+        Ok(BlockingConn {
+            io,
+            rbuf: self.rbuf,
+            wbuf: self.wbuf,
+            next_id: self.next_id,
+        })
+    }
+
     /// Sends DISCONNECT and closes the connection.
     pub(crate) async fn disconnect(mut self) -> anyhow::Result<()> {
         self.queue(&Packet::Disconnect(thingd_mqtt::Disconnect {
@@ -252,6 +315,122 @@ impl Conn {
         }))?;
         self.flush().await?;
         let _ = self.io.shutdown().await;
+        Ok(())
+    }
+}
+
+fn next_packet_id(last: &mut u16) -> u16 {
+    *last = last.wrapping_add(1).max(1);
+    *last
+}
+
+fn publish_packet(topic: &ByteStr, qos: QoS, packet_id: Option<u16>, payload: Bytes) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.clone(),
+        packet_id,
+        properties: Properties::default(),
+        payload,
+    })
+}
+
+/// A [`Conn`] moved onto blocking sockets ([`Conn::into_blocking`]).
+pub(crate) struct BlockingConn {
+    io: BlockingStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    next_id: u16,
+}
+
+enum BlockingStream {
+    Tcp(std::net::TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>),
+}
+
+impl BlockingStream {
+    fn tcp(&self) -> &std::net::TcpStream {
+        match self {
+            BlockingStream::Tcp(s) => s,
+            BlockingStream::Tls(s) => s.get_ref(),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            BlockingStream::Tcp(s) => s.write_all(bytes),
+            BlockingStream::Tls(s) => {
+                s.write_all(bytes)?;
+                s.flush()
+            }
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            BlockingStream::Tcp(s) => s.read(buf),
+            BlockingStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl BlockingConn {
+    /// Encodes and writes one PUBLISH; returns its packet id (0 for QoS 0).
+    pub(crate) fn publish(
+        &mut self,
+        topic: &ByteStr,
+        qos: QoS,
+        payload: Bytes,
+    ) -> anyhow::Result<u16> {
+        let packet_id = (qos != QoS::AtMostOnce).then(|| next_packet_id(&mut self.next_id));
+        thingd_mqtt::encode(
+            &publish_packet(topic, qos, packet_id, payload),
+            V,
+            &mut self.wbuf,
+        )?;
+        self.io.write_all(&self.wbuf)?;
+        self.wbuf.clear();
+        Ok(packet_id.unwrap_or(0))
+    }
+
+    /// The next packet, waiting at most `timeout` for each read.
+    pub(crate) fn recv(&mut self, timeout: Duration) -> anyhow::Result<Packet> {
+        self.io.tcp().set_read_timeout(Some(timeout))?;
+        loop {
+            if let Some(p) = thingd_mqtt::decode(&mut self.rbuf, V, MAX_PACKET)? {
+                return Ok(p);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.io.read(&mut chunk).map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    anyhow::anyhow!("nothing from the broker within {timeout:?}")
+                }
+                _ => e.into(),
+            })?;
+            if n == 0 {
+                bail!("connection closed by the broker");
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends DISCONNECT and closes the connection.
+    pub(crate) fn disconnect(mut self) -> anyhow::Result<()> {
+        thingd_mqtt::encode(
+            &Packet::Disconnect(thingd_mqtt::Disconnect {
+                reason: ReasonCode::Success,
+                properties: Properties::default(),
+            }),
+            V,
+            &mut self.wbuf,
+        )?;
+        self.io.write_all(&self.wbuf)?;
+        if let BlockingStream::Tls(s) = &mut self.io {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+        let _ = self.io.tcp().shutdown(std::net::Shutdown::Write);
         Ok(())
     }
 }

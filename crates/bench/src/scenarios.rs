@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::brokers::{Kind, MachineCpu, cpu_secs, rss_kib};
-use crate::client::{Conn, Endpoint, now_nanos, payload, sent_at};
+use crate::client::{BlockingConn, Conn, Endpoint, now_nanos, payload, sent_at};
 use crate::hold::hold;
 
 /// Unacknowledged QoS 1 PUBLISHes a publisher keeps in flight (below every broker's
@@ -550,6 +550,51 @@ async fn publisher(
     Ok(sent)
 }
 
+/// Sends `per_pub` QoS 1 messages on every connection, one connection after the other in
+/// turn, message `k` at `start + k / total_rate` (a message that is late goes at once, so the
+/// rate holds on average), from this thread with one blocking write each; then reads every
+/// PUBACK and disconnects. Returns how many messages it sent.
+///
+/// A thread of its own and a clock finer than tokio's 1 ms timer keep the load even: with a
+/// task per publisher, every publisher due in the same millisecond woke at once, and the
+/// deliveries coming back waited for the load generator to finish sending that burst.
+/// PUBACKs are left in the socket until the end (a few hundred bytes per connection), so the
+/// only system calls per message are the write and, when ahead of time, one sleep.
+fn publish_on_time(
+    mut pubs: Vec<(BlockingConn, ByteStr)>,
+    per_pub: u64,
+    total_rate: u64,
+    start: Instant,
+) -> anyhow::Result<u64> {
+    /// A message due within this goes at once: a sleep costs two context switches and
+    /// oversleeps by the kernel's timer slack (~50 µs) anyway.
+    const EARLY: Duration = Duration::from_micros(20);
+    let count = pubs.len() as u64;
+    for k in 0..per_pub * count {
+        let due = start + Duration::from_nanos(k * 1_000_000_000 / total_rate.max(1));
+        let now = Instant::now();
+        if due > now + EARLY {
+            std::thread::sleep(due - now);
+        }
+        let (conn, topic) = &mut pubs[usize::try_from(k % count)?];
+        conn.publish(topic, QoS::AtLeastOnce, payload(16, k / count))?;
+    }
+    for (conn, _) in &mut pubs {
+        let mut acked = 0;
+        while acked < per_pub {
+            if let Packet::PubResp(r) = conn.recv(Duration::from_secs(30))?
+                && r.kind == PubRespKind::PubAck
+            {
+                acked += 1;
+            }
+        }
+    }
+    for (conn, _) in pubs {
+        conn.disconnect()?;
+    }
+    Ok(per_pub * count)
+}
+
 /// Receives until `expect` messages arrived or nothing came for `IDLE`; acknowledges QoS 1.
 async fn subscriber(
     mut conn: Conn,
@@ -608,8 +653,17 @@ async fn fixed_rate(
             .await?;
     }
     let pubs = open_many(ep, &format!("{tag}-p"), pairs).await?;
+    let pubs = pubs
+        .into_iter()
+        .enumerate()
+        .map(|(i, conn)| {
+            Ok((
+                conn.into_blocking()?,
+                ByteStr::from(format!("bench/{tag}/{i}")),
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let per_pub = rate * secs;
-    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let progress = Arc::new(Progress {
         received: AtomicU64::new(0),
         credit: None,
@@ -617,60 +671,22 @@ async fn fixed_rate(
     });
     let usage0 = target.usage()?;
     let start = Instant::now();
+    let start_nanos = now_nanos();
     let mut subs_set = JoinSet::new();
     for conn in subs {
         subs_set.spawn(subscriber(conn, per_pub, progress.clone()));
     }
-    let mut pubs_set = JoinSet::new();
-    for (i, mut conn) in pubs.into_iter().enumerate() {
-        let topic = ByteStr::from(format!("bench/{tag}/{i}"));
-        // Spread the publishers evenly over one period.
-        let offset = period.mul_f64(i as f64 / pairs as f64);
-        pubs_set.spawn(async move {
-            let mut next = tokio::time::Instant::from_std(start) + offset;
-            let mut inflight = 0u64;
-            for seq in 0..per_pub {
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(next) => break,
-                        r = conn.fill() => {
-                            r?;
-                            while let Some(p) = conn.try_decode()? {
-                                if matches!(p, Packet::PubResp(_)) {
-                                    inflight = inflight.saturating_sub(1);
-                                }
-                            }
-                        }
-                    }
-                }
-                conn.queue_publish(&topic, QoS::AtLeastOnce, payload(16, seq))?;
-                inflight += 1;
-                conn.flush().await?;
-                next += period;
-            }
-            while inflight > 0 {
-                tokio::time::timeout(Duration::from_secs(30), conn.fill())
-                    .await
-                    .context("no PUBACK within 30 s")??;
-                while let Some(p) = conn.try_decode()? {
-                    if matches!(p, Packet::PubResp(_)) {
-                        inflight -= 1;
-                    }
-                }
-            }
-            conn.disconnect().await?;
-            anyhow::Ok(per_pub)
-        });
-    }
-    let mut sent = 0;
+    let total_rate = rate * pairs as u64;
+    let pacer =
+        tokio::task::spawn_blocking(move || publish_on_time(pubs, per_pub, total_rate, start));
     let mut errors = Vec::new();
-    while let Some(r) = pubs_set.join_next().await {
-        match r? {
-            Ok(n) => sent += n,
-            Err(e) => errors.push(format!("publisher: {e:#}")),
+    let sent = match pacer.await? {
+        Ok(n) => n,
+        Err(e) => {
+            errors.push(format!("publisher: {e:#}"));
+            0
         }
-    }
-    let publish_secs = start.elapsed().as_secs_f64();
+    };
     let mut hist = new_histogram();
     while let Some(r) = subs_set.join_next().await {
         match r? {
@@ -682,6 +698,12 @@ async fn fixed_rate(
     if let Some(first) = errors.first() {
         bail!("{} error(s), first: {first}", errors.len());
     }
+    // Up to the last delivery: the publishers' PUBACKs are read after the last send.
+    let delivering_secs = progress
+        .last_nanos
+        .load(Ordering::Relaxed)
+        .saturating_sub(start_nanos) as f64
+        / 1e9;
     let alive = idle.still_open().await?;
     if alive != held as u64 {
         bail!(
@@ -693,7 +715,7 @@ async fn fixed_rate(
         sent,
         expected: sent,
         done: progress.received.load(Ordering::Relaxed),
-        secs: publish_secs,
+        secs: delivering_secs,
         cpu: usage0.broker_cpu_until(&usage1),
         steal_percent: usage0.steal_percent_until(&usage1),
         latency: Some(hist),
@@ -813,4 +835,74 @@ async fn storm(
         rss_per_conn_kib: None,
         lossy: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use bytes::BytesMut;
+
+    use super::*;
+
+    /// A broker stand-in for one connection: answers CONNECT with a CONNACK and every QoS 1
+    /// PUBLISH with a PUBACK, and records when each PUBLISH arrived. Ends at DISCONNECT.
+    fn fake_broker(listener: std::net::TcpListener) -> Vec<Instant> {
+        let (mut socket, _) = listener.accept().expect("accept");
+        let mut arrivals = Vec::new();
+        let mut buf = BytesMut::new();
+        loop {
+            let packet = loop {
+                if let Some(p) =
+                    thingd_mqtt::decode(&mut buf, thingd_mqtt::ProtocolVersion::V311, 1 << 20)
+                        .expect("a valid packet")
+                {
+                    break p;
+                }
+                let mut chunk = [0u8; 1024];
+                let n = socket.read(&mut chunk).expect("read");
+                assert!(n > 0, "the client closed without DISCONNECT");
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let reply = match packet {
+                Packet::Connect(_) => [0x20, 2, 0, 0],
+                Packet::Publish(p) => {
+                    arrivals.push(Instant::now());
+                    let [hi, lo] = p.packet_id.expect("QoS 1").to_be_bytes();
+                    [0x40, 2, hi, lo]
+                }
+                Packet::Disconnect(_) => return arrivals,
+                other => panic!("unexpected {other:?}"),
+            };
+            socket.write_all(&reply).expect("write");
+        }
+    }
+
+    #[tokio::test]
+    async fn fixed_rate_messages_go_no_earlier_than_their_time_and_every_puback_is_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let broker = std::thread::spawn(move || fake_broker(listener));
+        let ep = Endpoint {
+            addr,
+            tls: None,
+            spill: None,
+            reset_on_close: false,
+        };
+        let conn = Conn::connect(&ep, "pacer", None).await.unwrap();
+        let pubs = vec![(conn.into_blocking().unwrap(), ByteStr::from("bench/pacer"))];
+        // 100 messages at 1,000 msg/s: message k is due k ms after the start.
+        let start = Instant::now();
+        let sent = tokio::task::spawn_blocking(move || publish_on_time(pubs, 100, 1_000, start))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sent, 100);
+        let arrivals = broker.join().unwrap();
+        assert_eq!(arrivals.len(), 100);
+        for (k, at) in arrivals.iter().enumerate() {
+            let due = start + Duration::from_millis(k as u64) - Duration::from_micros(20);
+            assert!(*at >= due, "message {k} arrived {:?} early", due - *at);
+        }
+    }
 }
