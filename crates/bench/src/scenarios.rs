@@ -417,6 +417,20 @@ async fn messages(
         last_nanos: AtomicU64::new(0),
     });
 
+    let topic = |i: usize| {
+        ByteStr::from(match shape {
+            Shape::Direct => base.clone(),
+            _ => format!("{base}/{i}"),
+        })
+    };
+    // Fan-in: many publishers, each with less than a message in flight; one thread sends
+    // for all of them (see `publish_in_turn`).
+    let (pub_conns, in_turn) = if pubs > 1 && progress.credit.is_some() {
+        (Vec::new(), Some(on_blocking_sockets(pub_conns, topic)?))
+    } else {
+        (pub_conns, None)
+    };
+
     let usage0 = target.usage()?;
     let t0 = now_nanos();
     let start = Instant::now();
@@ -431,21 +445,28 @@ async fn messages(
         let progress = progress.clone();
         subs_set.spawn(subscriber(conn, per_sub, progress));
     }
-    let mut pubs_set = JoinSet::new();
-    for (i, conn) in pub_conns.into_iter().enumerate() {
-        let topic = ByteStr::from(match shape {
-            Shape::Direct => base.clone(),
-            _ => format!("{base}/{i}"),
-        });
-        let progress = progress.clone();
-        pubs_set.spawn(publisher(conn, topic, qos, size, per_pub, progress));
-    }
     let mut sent = 0;
     let mut errors = Vec::new();
-    while let Some(r) = pubs_set.join_next().await {
-        match r? {
-            Ok(n) => sent += n,
+    if let Some(pubs) = in_turn {
+        let (progress, runtime) = (progress.clone(), tokio::runtime::Handle::current());
+        let sender = tokio::task::spawn_blocking(move || {
+            publish_in_turn(pubs, per_pub, size, &progress, &runtime)
+        });
+        match sender.await? {
+            Ok(n) => sent = n,
             Err(e) => errors.push(format!("publisher: {e:#}")),
+        }
+    } else {
+        let mut pubs_set = JoinSet::new();
+        for (i, conn) in pub_conns.into_iter().enumerate() {
+            let progress = progress.clone();
+            pubs_set.spawn(publisher(conn, topic(i), qos, size, per_pub, progress));
+        }
+        while let Some(r) = pubs_set.join_next().await {
+            match r? {
+                Ok(n) => sent += n,
+                Err(e) => errors.push(format!("publisher: {e:#}")),
+            }
         }
     }
     let mut hist = new_histogram();
@@ -579,6 +600,74 @@ fn publish_on_time(
         let (conn, topic) = &mut pubs[usize::try_from(k % count)?];
         conn.publish(topic, QoS::AtLeastOnce, payload(16, k / count))?;
     }
+    read_pubacks_and_disconnect(pubs, per_pub)?;
+    Ok(per_pub * count)
+}
+
+/// Sends `per_pub` QoS 1 messages of `size` bytes on every connection, one connection after
+/// the other in turn, as fast as `credit` allows (the subscriber gives a permit back for every
+/// message it receives), from this thread with one blocking write each; then reads every
+/// PUBACK and disconnects. Returns how many messages it sent. `runtime` is the runtime whose
+/// subscriber gives the permits back.
+///
+/// With a task per publisher, each message also cost the load generator a wakeup and a read
+/// of its PUBACK, on the same two CPUs as the broker; here a message is one write.
+fn publish_in_turn(
+    mut pubs: Vec<(BlockingConn, ByteStr)>,
+    per_pub: u64,
+    size: usize,
+    progress: &Progress,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<u64> {
+    let credit = progress
+        .credit
+        .as_ref()
+        .context("publishing in turn needs the subscriber's credit")?;
+    let count = pubs.len() as u64;
+    let mut permits = 0usize;
+    for k in 0..per_pub * count {
+        if permits == 0 {
+            // Everything the subscriber has given back, or wait for the next permit.
+            permits = credit.available_permits();
+            if permits > 0 {
+                credit.try_acquire_many(u32::try_from(permits)?)?.forget();
+            } else {
+                runtime
+                    .block_on(tokio::time::timeout(
+                        Duration::from_secs(30),
+                        credit.acquire(),
+                    ))
+                    .context("the subscriber stalled for 30 s")??
+                    .forget();
+                permits = 1;
+            }
+        }
+        permits -= 1;
+        let (conn, topic) = &mut pubs[usize::try_from(k % count)?];
+        conn.publish(topic, QoS::AtLeastOnce, payload(size, k / count))?;
+    }
+    read_pubacks_and_disconnect(pubs, per_pub)?;
+    Ok(per_pub * count)
+}
+
+/// Publishers for a thread of their own ([`Conn::into_blocking`]), each with its topic.
+fn on_blocking_sockets(
+    conns: Vec<Conn>,
+    topic: impl Fn(usize) -> ByteStr,
+) -> anyhow::Result<Vec<(BlockingConn, ByteStr)>> {
+    conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, conn)| Ok((conn.into_blocking()?, topic(i))))
+        .collect()
+}
+
+/// Reads `per_pub` PUBACKs on every connection (the publishers leave them in their sockets
+/// while they send), then disconnects each.
+fn read_pubacks_and_disconnect(
+    mut pubs: Vec<(BlockingConn, ByteStr)>,
+    per_pub: u64,
+) -> anyhow::Result<()> {
     for (conn, _) in &mut pubs {
         let mut acked = 0;
         while acked < per_pub {
@@ -592,7 +681,7 @@ fn publish_on_time(
     for (conn, _) in pubs {
         conn.disconnect()?;
     }
-    Ok(per_pub * count)
+    Ok(())
 }
 
 /// Receives until `expect` messages arrived or nothing came for `IDLE`; acknowledges QoS 1.
@@ -653,16 +742,7 @@ async fn fixed_rate(
             .await?;
     }
     let pubs = open_many(ep, &format!("{tag}-p"), pairs).await?;
-    let pubs = pubs
-        .into_iter()
-        .enumerate()
-        .map(|(i, conn)| {
-            Ok((
-                conn.into_blocking()?,
-                ByteStr::from(format!("bench/{tag}/{i}")),
-            ))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pubs = on_blocking_sockets(pubs, |i| ByteStr::from(format!("bench/{tag}/{i}")))?;
     let per_pub = rate * secs;
     let progress = Arc::new(Progress {
         received: AtomicU64::new(0),
@@ -840,16 +920,32 @@ async fn storm(
 #[cfg(test)]
 mod tests {
     use std::io::{Read as _, Write as _};
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
 
     use bytes::BytesMut;
 
     use super::*;
 
-    /// A broker stand-in for one connection: answers CONNECT with a CONNACK and every QoS 1
-    /// PUBLISH with a PUBACK, and records when each PUBLISH arrived. Ends at DISCONNECT.
-    fn fake_broker(listener: std::net::TcpListener) -> Vec<Instant> {
-        let (mut socket, _) = listener.accept().expect("accept");
-        let mut arrivals = Vec::new();
+    /// A broker stand-in: for each of `connections` connections, answers CONNECT with a
+    /// CONNACK and every QoS 1 PUBLISH with a PUBACK, and records when each PUBLISH arrived,
+    /// until DISCONNECT.
+    fn fake_broker(connections: usize) -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let recorded = arrivals.clone();
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let (socket, _) = listener.accept().expect("accept");
+                let recorded = recorded.clone();
+                std::thread::spawn(move || serve(socket, &recorded));
+            }
+        });
+        (addr, arrivals)
+    }
+
+    fn serve(mut socket: std::net::TcpStream, arrivals: &Mutex<Vec<Instant>>) {
         let mut buf = BytesMut::new();
         loop {
             let packet = loop {
@@ -867,30 +963,39 @@ mod tests {
             let reply = match packet {
                 Packet::Connect(_) => [0x20, 2, 0, 0],
                 Packet::Publish(p) => {
-                    arrivals.push(Instant::now());
+                    arrivals.lock().unwrap().push(Instant::now());
                     let [hi, lo] = p.packet_id.expect("QoS 1").to_be_bytes();
                     [0x40, 2, hi, lo]
                 }
-                Packet::Disconnect(_) => return arrivals,
+                Packet::Disconnect(_) => return,
                 other => panic!("unexpected {other:?}"),
             };
             socket.write_all(&reply).expect("write");
         }
     }
 
-    #[tokio::test]
-    async fn fixed_rate_messages_go_no_earlier_than_their_time_and_every_puback_is_read() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let broker = std::thread::spawn(move || fake_broker(listener));
+    async fn blocking_publishers(addr: SocketAddr, n: usize) -> Vec<(BlockingConn, ByteStr)> {
         let ep = Endpoint {
             addr,
             tls: None,
             spill: None,
             reset_on_close: false,
         };
-        let conn = Conn::connect(&ep, "pacer", None).await.unwrap();
-        let pubs = vec![(conn.into_blocking().unwrap(), ByteStr::from("bench/pacer"))];
+        let mut pubs = Vec::new();
+        for i in 0..n {
+            let conn = Conn::connect(&ep, &format!("p{i}"), None).await.unwrap();
+            pubs.push((
+                conn.into_blocking().unwrap(),
+                ByteStr::from(format!("t/{i}")),
+            ));
+        }
+        pubs
+    }
+
+    #[tokio::test]
+    async fn fixed_rate_messages_go_no_earlier_than_their_time_and_every_puback_is_read() {
+        let (addr, arrivals) = fake_broker(1);
+        let pubs = blocking_publishers(addr, 1).await;
         // 100 messages at 1,000 msg/s: message k is due k ms after the start.
         let start = Instant::now();
         let sent = tokio::task::spawn_blocking(move || publish_on_time(pubs, 100, 1_000, start))
@@ -898,11 +1003,36 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(sent, 100);
-        let arrivals = broker.join().unwrap();
+        let arrivals = arrivals.lock().unwrap();
         assert_eq!(arrivals.len(), 100);
         for (k, at) in arrivals.iter().enumerate() {
             let due = start + Duration::from_millis(k as u64) - Duration::from_micros(20);
             assert!(*at >= due, "message {k} arrived {:?} early", due - *at);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishers_in_turn_send_no_more_than_the_subscriber_credits() {
+        let (addr, arrivals) = fake_broker(2);
+        let pubs = blocking_publishers(addr, 2).await;
+        let progress = Arc::new(Progress {
+            received: AtomicU64::new(0),
+            credit: Some(Semaphore::new(5)),
+            last_nanos: AtomicU64::new(0),
+        });
+        let (sender_progress, runtime) = (progress.clone(), tokio::runtime::Handle::current());
+        let sender = tokio::task::spawn_blocking(move || {
+            publish_in_turn(pubs, 10, 16, &sender_progress, &runtime)
+        });
+        let arrived = || arrivals.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while arrived() < 5 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(arrived(), 5, "5 permits, 5 messages");
+        progress.credit.as_ref().unwrap().add_permits(15);
+        assert_eq!(sender.await.unwrap().unwrap(), 20);
+        assert_eq!(arrived(), 20);
     }
 }
