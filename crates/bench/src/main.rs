@@ -818,7 +818,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
              Flow control: a QoS 1 publisher keeps at most 64 PUBLISHes unacknowledged, and \
              all publishers of a 1→1 or fan-in run stay within 500 messages of the \
              subscriber, so every QoS 1 message must arrive (in the 1,000:1,000 run each \
-             subscriber has one publisher and needs no such bound). The rate of the row \
+             subscriber has one publisher and needs no such bound). In fan-in one thread of \
+             the load generator sends for all 1,000 publishers in turn, one blocking write per \
+             message, and reads their PUBACKs at the end. The rate of the row \
              marked \"half mosquitto's max\" is half of what Mosquitto delivered in the \
              1,000:1,000 runs on the same transport (the median of its runs, all done \
              before this row's first), rounded down to a whole \
