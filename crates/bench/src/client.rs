@@ -5,7 +5,8 @@
 //! queues packets into the write buffer, flushes, and reads whole packets back. That keeps
 //! the generator's cost per message low and identical for every broker. A connection can
 //! also leave tokio for a thread of its own ([`Conn::into_blocking`]), where it writes with
-//! plain blocking system calls: the fixed-rate publishers, which must send on time.
+//! plain blocking system calls: the fixed-rate publishers, which must send on time, and the
+//! fan-in ones, one thread sending for all of them.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
