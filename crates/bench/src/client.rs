@@ -27,6 +27,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const V: ProtocolVersion = ProtocolVersion::V311;
 const MAX_PACKET: usize = 1 << 20;
+/// How long a read on a [`BlockingConn`] waits for the broker.
+const BLOCKING_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The byte stream under a connection: plain TCP or TLS over TCP.
 enum Stream {
@@ -291,6 +293,7 @@ impl Conn {
         fn blocking(tcp: TcpStream) -> std::io::Result<std::net::TcpStream> {
             let tcp = tcp.into_std()?;
             tcp.set_nonblocking(false)?;
+            tcp.set_read_timeout(Some(BLOCKING_READ_TIMEOUT))?;
             Ok(tcp)
         }
         let io = match self.io {
@@ -310,10 +313,7 @@ impl Conn {
 
     /// Sends DISCONNECT and closes the connection.
     pub(crate) async fn disconnect(mut self) -> anyhow::Result<()> {
-        self.queue(&Packet::Disconnect(thingd_mqtt::Disconnect {
-            reason: ReasonCode::Success,
-            properties: Properties::default(),
-        }))?;
+        self.queue(&disconnect_packet())?;
         self.flush().await?;
         let _ = self.io.shutdown().await;
         Ok(())
@@ -334,6 +334,13 @@ fn publish_packet(topic: &ByteStr, qos: QoS, packet_id: Option<u16>, payload: By
         packet_id,
         properties: Properties::default(),
         payload,
+    })
+}
+
+fn disconnect_packet() -> Packet {
+    Packet::Disconnect(thingd_mqtt::Disconnect {
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
     })
 }
 
@@ -395,9 +402,8 @@ impl BlockingConn {
         Ok(packet_id.unwrap_or(0))
     }
 
-    /// The next packet, waiting at most `timeout` for each read.
-    pub(crate) fn recv(&mut self, timeout: Duration) -> anyhow::Result<Packet> {
-        self.io.tcp().set_read_timeout(Some(timeout))?;
+    /// The next packet, waiting at most [`BLOCKING_READ_TIMEOUT`] for each read.
+    pub(crate) fn recv(&mut self) -> anyhow::Result<Packet> {
         loop {
             if let Some(p) = thingd_mqtt::decode(&mut self.rbuf, V, MAX_PACKET)? {
                 return Ok(p);
@@ -405,7 +411,7 @@ impl BlockingConn {
             let mut chunk = [0u8; 4096];
             let n = self.io.read(&mut chunk).map_err(|e| match e.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    anyhow::anyhow!("nothing from the broker within {timeout:?}")
+                    anyhow::anyhow!("nothing from the broker within {BLOCKING_READ_TIMEOUT:?}")
                 }
                 _ => e.into(),
             })?;
@@ -418,14 +424,7 @@ impl BlockingConn {
 
     /// Sends DISCONNECT and closes the connection.
     pub(crate) fn disconnect(mut self) -> anyhow::Result<()> {
-        thingd_mqtt::encode(
-            &Packet::Disconnect(thingd_mqtt::Disconnect {
-                reason: ReasonCode::Success,
-                properties: Properties::default(),
-            }),
-            V,
-            &mut self.wbuf,
-        )?;
+        thingd_mqtt::encode(&disconnect_packet(), V, &mut self.wbuf)?;
         self.io.write_all(&self.wbuf)?;
         if let BlockingStream::Tls(s) = &mut self.io {
             s.conn.send_close_notify();

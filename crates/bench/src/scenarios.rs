@@ -356,6 +356,15 @@ struct Progress {
     last_nanos: AtomicU64,
 }
 
+impl Progress {
+    /// Seconds from `start` (a [`now_nanos`] reading) to the last delivery, if there was one
+    /// after it.
+    fn delivering_secs(&self, start: u64) -> Option<f64> {
+        let last = self.last_nanos.load(Ordering::Relaxed);
+        (last > start).then(|| (last - start) as f64 / 1e9)
+    }
+}
+
 /// The traffic of a message scenario: `pubs` publishers sending `per_pub` messages of `size`
 /// bytes each at `qos`, to `subs` subscribers connected as `shape` says.
 struct Load {
@@ -481,12 +490,7 @@ async fn messages(
     if let Some(first) = errors.first() {
         bail!("{} error(s), first: {first}", errors.len());
     }
-    let last = progress.last_nanos.load(Ordering::Relaxed);
-    let secs = if last > t0 {
-        (last - t0) as f64 / 1e9
-    } else {
-        wall
-    };
+    let secs = progress.delivering_secs(t0).unwrap_or(wall);
     Ok(Measured {
         sent,
         expected: if shape == Shape::Pairs {
@@ -582,7 +586,7 @@ async fn publisher(
 /// PUBACKs are left in the socket until the end (a few hundred bytes per connection), so the
 /// only system calls per message are the write and, when ahead of time, one sleep.
 fn publish_on_time(
-    mut pubs: Vec<(BlockingConn, ByteStr)>,
+    pubs: Vec<(BlockingConn, ByteStr)>,
     per_pub: u64,
     total_rate: u64,
     start: Instant,
@@ -590,18 +594,14 @@ fn publish_on_time(
     /// A message due within this goes at once: a sleep costs two context switches and
     /// oversleeps by the kernel's timer slack (~50 µs) anyway.
     const EARLY: Duration = Duration::from_micros(20);
-    let count = pubs.len() as u64;
-    for k in 0..per_pub * count {
+    send_in_turn(pubs, per_pub, 16, |k| {
         let due = start + Duration::from_nanos(k * 1_000_000_000 / total_rate.max(1));
         let now = Instant::now();
         if due > now + EARLY {
             std::thread::sleep(due - now);
         }
-        let (conn, topic) = &mut pubs[usize::try_from(k % count)?];
-        conn.publish(topic, QoS::AtLeastOnce, payload(16, k / count))?;
-    }
-    read_pubacks_and_disconnect(pubs, per_pub)?;
-    Ok(per_pub * count)
+        Ok(())
+    })
 }
 
 /// Sends `per_pub` QoS 1 messages of `size` bytes on every connection, one connection after
@@ -613,7 +613,7 @@ fn publish_on_time(
 /// With a task per publisher, each message also cost the load generator a wakeup and a read
 /// of its PUBACK, on the same two CPUs as the broker; here a message is one write.
 fn publish_in_turn(
-    mut pubs: Vec<(BlockingConn, ByteStr)>,
+    pubs: Vec<(BlockingConn, ByteStr)>,
     per_pub: u64,
     size: usize,
     progress: &Progress,
@@ -623,9 +623,8 @@ fn publish_in_turn(
         .credit
         .as_ref()
         .context("publishing in turn needs the subscriber's credit")?;
-    let count = pubs.len() as u64;
     let mut permits = 0usize;
-    for k in 0..per_pub * count {
+    send_in_turn(pubs, per_pub, size, |_| {
         if permits == 0 {
             // Everything the subscriber has given back, or wait for the next permit.
             permits = credit.available_permits();
@@ -643,10 +642,38 @@ fn publish_in_turn(
             }
         }
         permits -= 1;
+        Ok(())
+    })
+}
+
+/// Sends `per_pub` QoS 1 messages of `size` bytes on every connection, one connection after
+/// the other in turn, calling `before(k)` ahead of message `k`; then reads every PUBACK and
+/// disconnects. Returns how many messages it sent.
+fn send_in_turn(
+    mut pubs: Vec<(BlockingConn, ByteStr)>,
+    per_pub: u64,
+    size: usize,
+    mut before: impl FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let count = pubs.len() as u64;
+    for k in 0..per_pub * count {
+        before(k)?;
         let (conn, topic) = &mut pubs[usize::try_from(k % count)?];
         conn.publish(topic, QoS::AtLeastOnce, payload(size, k / count))?;
     }
-    read_pubacks_and_disconnect(pubs, per_pub)?;
+    for (conn, _) in &mut pubs {
+        let mut acked = 0;
+        while acked < per_pub {
+            if let Packet::PubResp(r) = conn.recv()?
+                && r.kind == PubRespKind::PubAck
+            {
+                acked += 1;
+            }
+        }
+    }
+    for (conn, _) in pubs {
+        conn.disconnect()?;
+    }
     Ok(per_pub * count)
 }
 
@@ -660,28 +687,6 @@ fn on_blocking_sockets(
         .enumerate()
         .map(|(i, conn)| Ok((conn.into_blocking()?, topic(i))))
         .collect()
-}
-
-/// Reads `per_pub` PUBACKs on every connection (the publishers leave them in their sockets
-/// while they send), then disconnects each.
-fn read_pubacks_and_disconnect(
-    mut pubs: Vec<(BlockingConn, ByteStr)>,
-    per_pub: u64,
-) -> anyhow::Result<()> {
-    for (conn, _) in &mut pubs {
-        let mut acked = 0;
-        while acked < per_pub {
-            if let Packet::PubResp(r) = conn.recv(Duration::from_secs(30))?
-                && r.kind == PubRespKind::PubAck
-            {
-                acked += 1;
-            }
-        }
-    }
-    for (conn, _) in pubs {
-        conn.disconnect()?;
-    }
-    Ok(())
 }
 
 /// Receives until `expect` messages arrived or nothing came for `IDLE`; acknowledges QoS 1.
@@ -779,11 +784,7 @@ async fn fixed_rate(
         bail!("{} error(s), first: {first}", errors.len());
     }
     // Up to the last delivery: the publishers' PUBACKs are read after the last send.
-    let delivering_secs = progress
-        .last_nanos
-        .load(Ordering::Relaxed)
-        .saturating_sub(start_nanos) as f64
-        / 1e9;
+    let delivering_secs = progress.delivering_secs(start_nanos).unwrap_or(0.0);
     let alive = idle.still_open().await?;
     if alive != held as u64 {
         bail!(
