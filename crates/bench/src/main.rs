@@ -9,6 +9,7 @@
 
 mod brokers;
 mod client;
+mod floor;
 mod hold;
 mod report;
 mod scenarios;
@@ -42,6 +43,9 @@ enum Cmd {
     Compare(CompareArgs),
     /// Durable Device Shadow updates per second over MQTT (thingd only).
     Shadows(shadows::ShadowArgs),
+    /// The kernel's CPU for the socket work of one QoS 1 message over loopback TCP, with no
+    /// broker: the floor under every broker's CPU per message.
+    Floor(floor::FloorArgs),
     /// Holds idle connections for a `compare` run past its own open-file limit (started by
     /// the tool itself).
     #[command(hide = true)]
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             runtime.shutdown_timeout(Duration::from_secs(1));
             Ok(())
         }
+        Cmd::Floor(args) => floor::run(args),
         Cmd::Shadows(args) => {
             let ok = runtime.block_on(shadows::run(args))?;
             runtime.shutdown_timeout(Duration::from_secs(1));

@@ -336,3 +336,26 @@ chmod +x "$root/bin/rumqttd"
         2
     );
 }
+
+#[test]
+fn the_kernel_floor_prints_every_step_of_a_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_thingd-bench"))
+        .args(["floor", "--smoke"])
+        .output()
+        .expect("run thingd-bench floor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "thingd-bench floor --smoke failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.starts_with("200 messages"), "{stdout}");
+    for row in [
+        "| publisher writes its PUBLISH |",
+        "| broker reads the PUBLISH, writes the PUBACK |",
+        "| **broker, fan-in**",
+        "| **broker, one message per connection**",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+}

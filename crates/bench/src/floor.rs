@@ -1,0 +1,319 @@
+//! `thingd-bench floor`: the CPU the kernel itself takes for the socket work of one QoS 1
+//! message over loopback TCP, with no broker at all — the floor under every broker's figure in
+//! `compare`.
+//!
+//! One thread plays every part on blocking sockets, so nothing sleeps or wakes: N publishers
+//! and N subscribers each hold a connection to a "broker" end, and each round walks the
+//! publishers in turn (as the fan-in and fixed-rate rows do, one message per connection) through
+//! the steps a broker's message takes. Each step's CPU is read from the thread's own clocks
+//! (`CLOCK_THREAD_CPUTIME_ID`: nanoseconds on a CPU, exact; `/proc/thread-self/stat`: user and
+//! system clock ticks, sampled, for the kernel's share). On loopback a write also runs the
+//! receiving socket's side of TCP, so each write's figure carries its receiver's input too,
+//! as it does in a broker.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+use anyhow::{Context as _, bail};
+use bytes::{Bytes, BytesMut};
+use thingd_mqtt::{ByteStr, Packet, ProtocolVersion, PubResp, PubRespKind, QoS, ReasonCode};
+
+#[derive(clap::Args)]
+pub(crate) struct FloorArgs {
+    /// Publishers (and as many subscribers): each message goes on the next one's connection.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Messages per publisher.
+    #[arg(long, default_value_t = 200)]
+    rounds: usize,
+    /// Tiny counts; exits non-zero unless every packet arrived as written.
+    #[arg(long)]
+    smoke: bool,
+}
+
+/// The steps of one QoS 1 message, in the order a round takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    PublisherWrites,
+    BrokerReadsAndAcks,
+    BrokerDelivers,
+    SubscriberReadsAndAcks,
+    BrokerReadsAck,
+    PublisherReadsAck,
+}
+
+impl Step {
+    const ALL: [Step; 6] = [
+        Step::PublisherWrites,
+        Step::BrokerReadsAndAcks,
+        Step::BrokerDelivers,
+        Step::SubscriberReadsAndAcks,
+        Step::BrokerReadsAck,
+        Step::PublisherReadsAck,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::PublisherWrites => "publisher writes its PUBLISH",
+            Step::BrokerReadsAndAcks => "broker reads the PUBLISH, writes the PUBACK",
+            Step::BrokerDelivers => "broker writes the PUBLISH to the subscriber",
+            Step::SubscriberReadsAndAcks => "subscriber reads it, writes its PUBACK",
+            Step::BrokerReadsAck => "broker reads the subscriber's PUBACK",
+            Step::PublisherReadsAck => "publisher reads its PUBACK",
+        }
+    }
+
+    fn is_broker(self) -> bool {
+        matches!(
+            self,
+            Step::BrokerReadsAndAcks | Step::BrokerDelivers | Step::BrokerReadsAck
+        )
+    }
+}
+
+/// One thread's CPU counters at a moment.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadCpu {
+    on_cpu_ns: u64,
+    user_ticks: u64,
+    system_ticks: u64,
+}
+
+impl ThreadCpu {
+    fn read() -> anyhow::Result<ThreadCpu> {
+        // Not `/proc/thread-self/schedstat`: the kernel brings that up to date only at a
+        // tick or a switch, so a short step would be charged with its predecessors' time.
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        let on_cpu_ns = u64::try_from(now.tv_sec)? * 1_000_000_000 + u64::try_from(now.tv_nsec)?;
+        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("malformed stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        // After the command name: utime is field 14, stime 15.
+        Ok(ThreadCpu {
+            on_cpu_ns,
+            user_ticks: fields.get(11).context("utime")?.parse()?,
+            system_ticks: fields.get(12).context("stime")?.parse()?,
+        })
+    }
+
+    fn add_since(&mut self, before: &ThreadCpu, now: &ThreadCpu) {
+        self.on_cpu_ns += now.on_cpu_ns.saturating_sub(before.on_cpu_ns);
+        self.user_ticks += now.user_ticks.saturating_sub(before.user_ticks);
+        self.system_ticks += now.system_ticks.saturating_sub(before.system_ticks);
+    }
+
+    /// The kernel's share of the ticks, or `None` when no tick fell in.
+    fn kernel_share(&self) -> Option<f64> {
+        let ticks = self.user_ticks + self.system_ticks;
+        (ticks > 0).then(|| self.system_ticks as f64 / ticks as f64)
+    }
+}
+
+/// What a run measured: CPU per message for every step.
+pub(crate) struct Floor {
+    pub(crate) connections: usize,
+    pub(crate) messages: u64,
+    steps: Vec<(Step, ThreadCpu)>,
+}
+
+impl Floor {
+    fn micros_per_message(&self, cpu: &ThreadCpu) -> f64 {
+        cpu.on_cpu_ns as f64 / 1_000.0 / self.messages.max(1) as f64
+    }
+
+    /// CPU µs per message the broker's three steps take together (its floor at a fixed rate,
+    /// where nothing can be batched).
+    pub(crate) fn broker_micros(&self) -> f64 {
+        self.steps
+            .iter()
+            .filter(|(step, _)| step.is_broker())
+            .map(|(_, cpu)| self.micros_per_message(cpu))
+            .sum()
+    }
+
+    /// CPU µs per message of one step.
+    fn step_micros(&self, step: Step) -> f64 {
+        self.steps
+            .iter()
+            .find(|(s, _)| *s == step)
+            .map_or(0.0, |(_, cpu)| self.micros_per_message(cpu))
+    }
+
+    /// CPU µs per message of the broker's first step, its floor in fan-in (there the
+    /// deliveries go to one subscriber in large writes, and their share per message is small).
+    pub(crate) fn fan_in_broker_micros(&self) -> f64 {
+        self.step_micros(Step::BrokerReadsAndAcks)
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let mut out = format!(
+            "| step of a QoS 1 message, loopback TCP, {} publishers and {} subscribers | CPU µs/msg | kernel share |\n|---|---:|---:|\n",
+            self.connections, self.connections
+        );
+        for (step, cpu) in &self.steps {
+            let share = cpu
+                .kernel_share()
+                .map_or("–".to_owned(), |s| format!("{:.0}%", s * 100.0));
+            out.push_str(&format!(
+                "| {} | {:.2} | {share} |\n",
+                step.describe(),
+                self.micros_per_message(cpu)
+            ));
+        }
+        out.push_str(&format!(
+            "| **broker, fan-in** (the first broker step; deliveries batched) | {:.2} | |\n",
+            self.fan_in_broker_micros()
+        ));
+        out.push_str(&format!(
+            "| **broker, one message per connection** (the three broker steps) | {:.2} | |\n",
+            self.broker_micros()
+        ));
+        out
+    }
+}
+
+/// A connected pair of loopback sockets: the client's end and the broker's.
+struct Pair {
+    client: TcpStream,
+    broker: TcpStream,
+}
+
+fn pairs(listener: &TcpListener, n: usize) -> anyhow::Result<Vec<Pair>> {
+    let addr = listener.local_addr()?;
+    (0..n)
+        .map(|_| {
+            let client = TcpStream::connect(addr)?;
+            let (broker, _) = listener.accept()?;
+            client.set_nodelay(true)?;
+            broker.set_nodelay(true)?;
+            Ok(Pair { client, broker })
+        })
+        .collect()
+}
+
+/// Reads exactly `expected.len()` bytes from `from` and checks they are `expected`.
+fn read_expecting(from: &mut TcpStream, buf: &mut [u8], expected: &[u8]) -> anyhow::Result<()> {
+    let got = buf
+        .get_mut(..expected.len())
+        .context("read buffer too small")?;
+    from.read_exact(got)?;
+    if got != expected {
+        bail!("read {got:02x?}, expected {expected:02x?}");
+    }
+    Ok(())
+}
+
+/// Measures `rounds` messages on each of `connections` publishers (see the module doc).
+pub(crate) fn measure(connections: usize, rounds: usize) -> anyhow::Result<Floor> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let mut publishers = pairs(&listener, connections)?;
+    let mut subscribers = pairs(&listener, connections)?;
+    let version = ProtocolVersion::V311;
+    let publish = thingd_mqtt::encode_to_bytes(
+        &Packet::Publish(thingd_mqtt::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: ByteStr::from("bench/fan-in"),
+            packet_id: Some(1),
+            properties: Default::default(),
+            payload: Bytes::from_static(&[0x5a; 16]),
+        }),
+        version,
+    )?;
+    let puback = thingd_mqtt::encode_to_bytes(
+        &Packet::PubResp(PubResp {
+            kind: PubRespKind::PubAck,
+            packet_id: 1,
+            reason: ReasonCode::Success,
+            properties: Default::default(),
+        }),
+        version,
+    )?;
+    let mut buf = BytesMut::zeroed(publish.len().max(puback.len()));
+    let mut steps: Vec<(Step, ThreadCpu)> = Step::ALL
+        .iter()
+        .map(|s| (*s, ThreadCpu::default()))
+        .collect();
+    for _ in 0..rounds {
+        for (step, cpu) in &mut steps {
+            let before = ThreadCpu::read()?;
+            for (publisher, subscriber) in publishers.iter_mut().zip(subscribers.iter_mut()) {
+                match step {
+                    Step::PublisherWrites => publisher.client.write_all(&publish)?,
+                    Step::BrokerReadsAndAcks => {
+                        read_expecting(&mut publisher.broker, &mut buf, &publish)?;
+                        publisher.broker.write_all(&puback)?;
+                    }
+                    Step::BrokerDelivers => subscriber.broker.write_all(&publish)?,
+                    Step::SubscriberReadsAndAcks => {
+                        read_expecting(&mut subscriber.client, &mut buf, &publish)?;
+                        subscriber.client.write_all(&puback)?;
+                    }
+                    Step::BrokerReadsAck => {
+                        read_expecting(&mut subscriber.broker, &mut buf, &puback)?;
+                    }
+                    Step::PublisherReadsAck => {
+                        read_expecting(&mut publisher.client, &mut buf, &puback)?;
+                    }
+                }
+            }
+            cpu.add_since(&before, &ThreadCpu::read()?);
+        }
+    }
+    Ok(Floor {
+        connections,
+        messages: (connections * rounds) as u64,
+        steps,
+    })
+}
+
+pub(crate) fn run(args: FloorArgs) -> anyhow::Result<()> {
+    let (connections, rounds) = if args.smoke {
+        (10, 20)
+    } else {
+        (args.connections.max(1), args.rounds.max(1))
+    };
+    // Four descriptors per publisher: its pair and its subscriber's.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let machine = crate::brokers::MachineCpu::read()?;
+    let floor = measure(connections, rounds)?;
+    let steal = machine
+        .steal_percent_until(&crate::brokers::MachineCpu::read()?)
+        .map_or("–".to_owned(), |s| format!("{s:.1}%"));
+    println!(
+        "{} messages, one thread, blocking sockets (nothing sleeps or wakes); steal {steal}\n",
+        floor.messages
+    );
+    print!("{}", floor.table());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_of_every_message_is_measured_and_the_broker_steps_add_up() {
+        let floor = measure(3, 4).expect("measure");
+        assert_eq!(floor.messages, 12);
+        assert_eq!(floor.steps.len(), Step::ALL.len());
+        for (step, cpu) in &floor.steps {
+            // Every step made system calls on 12 messages: some CPU time, however fast.
+            assert!(cpu.on_cpu_ns > 0, "{step:?} measured no CPU");
+        }
+        let sum = floor.step_micros(Step::BrokerReadsAndAcks)
+            + floor.step_micros(Step::BrokerDelivers)
+            + floor.step_micros(Step::BrokerReadsAck);
+        assert!((floor.broker_micros() - sum).abs() < 1e-9);
+        assert!(floor.broker_micros() > floor.fan_in_broker_micros());
+        let table = floor.table();
+        for step in Step::ALL {
+            assert!(table.contains(step.describe()), "{table}");
+        }
+    }
+}
