@@ -6,8 +6,8 @@
 //! and N subscribers each hold a connection to a "broker" end, and each round walks the
 //! publishers in turn (as the fan-in and fixed-rate rows do, one message per connection) through
 //! the steps a broker's message takes. Each step's CPU is read from the thread's own clocks
-//! (`CLOCK_THREAD_CPUTIME_ID`: nanoseconds on a CPU, exact; `/proc/thread-self/stat`: user and
-//! system clock ticks, sampled, for the kernel's share). On loopback a write also runs the
+//! (`CLOCK_THREAD_CPUTIME_ID`: nanoseconds on a CPU; `/proc/thread-self/stat`: user and system
+//! clock ticks, sampled, for the kernel's share). On loopback a write also runs the
 //! receiving socket's side of TCP, so each write's figure carries its receiver's input too,
 //! as it does in a broker.
 
@@ -71,7 +71,7 @@ impl Step {
     }
 }
 
-/// One thread's CPU counters at a moment.
+/// The CPU one step has used so far, over all its rounds.
 #[derive(Clone, Copy, Debug, Default)]
 struct ThreadCpu {
     on_cpu_ns: u64,
@@ -80,30 +80,19 @@ struct ThreadCpu {
 }
 
 impl ThreadCpu {
-    fn read() -> anyhow::Result<ThreadCpu> {
-        // Not `/proc/thread-self/schedstat`: the kernel brings that up to date only at a
-        // tick or a switch, so a short step would be charged with its predecessors' time.
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-        let on_cpu_ns = u64::try_from(now.tv_sec)? * 1_000_000_000 + u64::try_from(now.tv_nsec)?;
-        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("malformed stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        // After the command name: utime is field 14, stime 15.
-        Ok(ThreadCpu {
-            on_cpu_ns,
-            user_ticks: fields.get(11).context("utime")?.parse()?,
-            system_ticks: fields.get(12).context("stime")?.parse()?,
-        })
-    }
-
-    fn add_since(&mut self, before: &ThreadCpu, now: &ThreadCpu) {
-        self.on_cpu_ns += now.on_cpu_ns.saturating_sub(before.on_cpu_ns);
-        self.user_ticks += now.user_ticks.saturating_sub(before.user_ticks);
-        self.system_ticks += now.system_ticks.saturating_sub(before.system_ticks);
+    /// Runs `work` and adds the CPU this thread spent in it. The clock is read just around
+    /// the work and the ticks just outside, so that reading the ticks (a file) is not counted
+    /// as the step's time.
+    fn count(&mut self, work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let (user_before, system_before) = thread_ticks()?;
+        let start = thread_cpu_ns()?;
+        work()?;
+        let end = thread_cpu_ns()?;
+        let (user_after, system_after) = thread_ticks()?;
+        self.on_cpu_ns += end.saturating_sub(start);
+        self.user_ticks += user_after.saturating_sub(user_before);
+        self.system_ticks += system_after.saturating_sub(system_before);
+        Ok(())
     }
 
     /// The kernel's share of the ticks, or `None` when no tick fell in.
@@ -111,6 +100,30 @@ impl ThreadCpu {
         let ticks = self.user_ticks + self.system_ticks;
         (ticks > 0).then(|| self.system_ticks as f64 / ticks as f64)
     }
+}
+
+/// Nanoseconds this thread has been on a CPU. Not `/proc/thread-self/schedstat`: the kernel
+/// brings that up to date only at a tick or a switch, so a short step would be charged with
+/// its predecessors' time.
+fn thread_cpu_ns() -> anyhow::Result<u64> {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Ok(u64::try_from(now.tv_sec)? * 1_000_000_000 + u64::try_from(now.tv_nsec)?)
+}
+
+/// This thread's user and system clock ticks (sampled at each tick, so right on average).
+fn thread_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // After the command name: utime is field 14, stime 15.
+    Ok((
+        fields.get(11).context("utime")?.parse()?,
+        fields.get(12).context("stime")?.parse()?,
+    ))
 }
 
 /// What a run measured: CPU per message for every step.
@@ -241,28 +254,30 @@ pub(crate) fn measure(connections: usize, rounds: usize) -> anyhow::Result<Floor
         .collect();
     for _ in 0..rounds {
         for (step, cpu) in &mut steps {
-            let before = ThreadCpu::read()?;
-            for (publisher, subscriber) in publishers.iter_mut().zip(subscribers.iter_mut()) {
-                match step {
-                    Step::PublisherWrites => publisher.client.write_all(&publish)?,
-                    Step::BrokerReadsAndAcks => {
-                        read_expecting(&mut publisher.broker, &mut buf, &publish)?;
-                        publisher.broker.write_all(&puback)?;
-                    }
-                    Step::BrokerDelivers => subscriber.broker.write_all(&publish)?,
-                    Step::SubscriberReadsAndAcks => {
-                        read_expecting(&mut subscriber.client, &mut buf, &publish)?;
-                        subscriber.client.write_all(&puback)?;
-                    }
-                    Step::BrokerReadsAck => {
-                        read_expecting(&mut subscriber.broker, &mut buf, &puback)?;
-                    }
-                    Step::PublisherReadsAck => {
-                        read_expecting(&mut publisher.client, &mut buf, &puback)?;
+            let step = *step;
+            cpu.count(|| {
+                for (publisher, subscriber) in publishers.iter_mut().zip(subscribers.iter_mut()) {
+                    match step {
+                        Step::PublisherWrites => publisher.client.write_all(&publish)?,
+                        Step::BrokerReadsAndAcks => {
+                            read_expecting(&mut publisher.broker, &mut buf, &publish)?;
+                            publisher.broker.write_all(&puback)?;
+                        }
+                        Step::BrokerDelivers => subscriber.broker.write_all(&publish)?,
+                        Step::SubscriberReadsAndAcks => {
+                            read_expecting(&mut subscriber.client, &mut buf, &publish)?;
+                            subscriber.client.write_all(&puback)?;
+                        }
+                        Step::BrokerReadsAck => {
+                            read_expecting(&mut subscriber.broker, &mut buf, &puback)?;
+                        }
+                        Step::PublisherReadsAck => {
+                            read_expecting(&mut publisher.client, &mut buf, &puback)?;
+                        }
                     }
                 }
-            }
-            cpu.add_since(&before, &ThreadCpu::read()?);
+                Ok(())
+            })?;
         }
     }
     Ok(Floor {
