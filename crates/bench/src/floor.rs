@@ -1,6 +1,7 @@
 //! `thingd-bench floor`: the CPU the kernel itself takes for the socket work of one QoS 1
-//! message over loopback TCP, with no broker at all — the floor under every broker's figure in
-//! `compare`.
+//! message over loopback TCP, and over mTLS that plus rustls' record work (aws-lc, AES-128-GCM
+//! as thingd's servers choose), with no broker at all — the floor under every broker's figure
+//! in `compare`.
 //!
 //! One thread plays every part on blocking sockets, so nothing sleeps or wakes: N publishers
 //! and N subscribers each hold a connection to a "broker" end, and each round walks the
@@ -13,6 +14,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use bytes::{Bytes, BytesMut};
@@ -26,6 +28,9 @@ pub(crate) struct FloorArgs {
     /// Messages per publisher.
     #[arg(long, default_value_t = 200)]
     rounds: usize,
+    /// Transports, comma-separated (tcp, mtls).
+    #[arg(long, value_delimiter = ',', default_value = "tcp,mtls")]
+    transports: Vec<String>,
     /// Tiny counts; exits non-zero unless every packet arrived as written.
     #[arg(long)]
     smoke: bool,
@@ -128,6 +133,7 @@ fn thread_ticks() -> anyhow::Result<(u64, u64)> {
 
 /// What a run measured: CPU per message for every step.
 pub(crate) struct Floor {
+    pub(crate) transport: Transport,
     pub(crate) connections: usize,
     pub(crate) messages: u64,
     steps: Vec<(Step, ThreadCpu)>,
@@ -164,8 +170,10 @@ impl Floor {
 
     pub(crate) fn table(&self) -> String {
         let mut out = format!(
-            "| step of a QoS 1 message, loopback TCP, {} publishers and {} subscribers | CPU µs/msg | kernel share |\n|---|---:|---:|\n",
-            self.connections, self.connections
+            "| step of a QoS 1 message, {}, {} publishers and {} subscribers | CPU µs/msg | kernel share |\n|---|---:|---:|\n",
+            self.transport.describe(),
+            self.connections,
+            self.connections
         );
         for (step, cpu) in &self.steps {
             let share = cpu
@@ -189,13 +197,171 @@ impl Floor {
     }
 }
 
-/// A connected pair of loopback sockets: the client's end and the broker's.
-struct Pair {
-    client: TcpStream,
-    broker: TcpStream,
+/// What the messages travel over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp,
+    Mtls,
 }
 
-fn pairs(listener: &TcpListener, n: usize) -> anyhow::Result<Vec<Pair>> {
+impl Transport {
+    fn parse(name: &str) -> anyhow::Result<Transport> {
+        match name {
+            "tcp" => Ok(Transport::Tcp),
+            "mtls" => Ok(Transport::Mtls),
+            other => bail!("unknown transport {other:?} (tcp, mtls)"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Transport::Tcp => "loopback TCP",
+            Transport::Mtls => "loopback mTLS (TLS 1.3, AES-128-GCM)",
+        }
+    }
+}
+
+/// One end of a connection: its socket and, over mTLS, its TLS session.
+struct End {
+    sock: TcpStream,
+    tls: Option<rustls::Connection>,
+}
+
+impl End {
+    /// Writes `bytes` (as one TLS record over mTLS) and returns once the kernel has them.
+    fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match &mut self.tls {
+            None => self.sock.write_all(bytes)?,
+            Some(tls) => {
+                tls.writer().write_all(bytes)?;
+                while tls.wants_write() {
+                    tls.write_tls(&mut self.sock)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `expected.len()` bytes and checks they are `expected`.
+    fn expect(&mut self, buf: &mut [u8], expected: &[u8]) -> anyhow::Result<()> {
+        let got = buf
+            .get_mut(..expected.len())
+            .context("read buffer too small")?;
+        match &mut self.tls {
+            None => self.sock.read_exact(got)?,
+            Some(tls) => {
+                let mut filled = 0;
+                while filled < got.len() {
+                    match tls.reader().read(&mut got[filled..]) {
+                        Ok(0) => bail!("the TLS session was closed"),
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if tls.read_tls(&mut self.sock)? == 0 {
+                                bail!("the connection was closed");
+                            }
+                            tls.process_new_packets()?;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        if got != expected {
+            bail!("read {got:02x?}, expected {expected:02x?}");
+        }
+        Ok(())
+    }
+
+    /// One step of a handshake on a non-blocking socket: write what the session has, read what
+    /// has arrived.
+    fn exchange(&mut self) -> anyhow::Result<()> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        while tls.wants_write() {
+            tls.write_tls(&mut self.sock)?;
+        }
+        match tls.read_tls(&mut self.sock) {
+            Ok(_) => {
+                tls.process_new_packets()?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn settled(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_none_or(|tls| !tls.is_handshaking() && !tls.wants_write())
+    }
+}
+
+/// A connection: the client's end and the broker's.
+struct Pair {
+    client: End,
+    broker: End,
+}
+
+/// The configurations of an mTLS pair: a CA of its own signs the broker's and the client's
+/// P-256 certificates; the broker requires and verifies the client's.
+struct TlsConfigs {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl TlsConfigs {
+    fn new() -> anyhow::Result<TlsConfigs> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+        let ca_key = KeyPair::generate_for(alg)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let signed = |name: &str| -> anyhow::Result<_> {
+            let key = KeyPair::generate_for(alg)?;
+            let cert = CertificateParams::new(vec![name.to_owned()])?.signed_by(&key, &issuer)?;
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            Ok((vec![cert.der().clone()], key))
+        };
+        let (server_chain, server_key) = signed("localhost")?;
+        let (client_chain, client_key) = signed("floor-device")?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone())?;
+        let roots = Arc::new(roots);
+
+        // AES-128-GCM first and the server's own order, as thingd's servers choose.
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let provider = Arc::new(provider);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(server_chain, server_key)?;
+        server.ignore_client_order = true;
+        server.send_tls13_tickets = 0;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(client_chain, client_key)?;
+        Ok(TlsConfigs {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+}
+
+fn pairs(listener: &TcpListener, n: usize, tls: Option<&TlsConfigs>) -> anyhow::Result<Vec<Pair>> {
     let addr = listener.local_addr()?;
     (0..n)
         .map(|_| {
@@ -203,28 +369,67 @@ fn pairs(listener: &TcpListener, n: usize) -> anyhow::Result<Vec<Pair>> {
             let (broker, _) = listener.accept()?;
             client.set_nodelay(true)?;
             broker.set_nodelay(true)?;
-            Ok(Pair { client, broker })
+            let mut pair = Pair {
+                client: End {
+                    sock: client,
+                    tls: None,
+                },
+                broker: End {
+                    sock: broker,
+                    tls: None,
+                },
+            };
+            if let Some(configs) = tls {
+                pair.client.tls = Some(
+                    rustls::ClientConnection::new(
+                        configs.client.clone(),
+                        rustls_pki_types::ServerName::try_from("localhost")?,
+                    )?
+                    .into(),
+                );
+                pair.broker.tls =
+                    Some(rustls::ServerConnection::new(configs.server.clone())?.into());
+                handshake(&mut pair)?;
+            }
+            Ok(pair)
         })
         .collect()
 }
 
-/// Reads exactly `expected.len()` bytes from `from` and checks they are `expected`.
-fn read_expecting(from: &mut TcpStream, buf: &mut [u8], expected: &[u8]) -> anyhow::Result<()> {
-    let got = buf
-        .get_mut(..expected.len())
-        .context("read buffer too small")?;
-    from.read_exact(got)?;
-    if got != expected {
-        bail!("read {got:02x?}, expected {expected:02x?}");
+/// Completes a pair's handshake in this thread, with both sockets non-blocking meanwhile.
+fn handshake(pair: &mut Pair) -> anyhow::Result<()> {
+    for end in [&pair.client, &pair.broker] {
+        end.sock.set_nonblocking(true)?;
+    }
+    for _ in 0..100 {
+        if pair.client.settled() && pair.broker.settled() {
+            break;
+        }
+        pair.client.exchange()?;
+        pair.broker.exchange()?;
+    }
+    for end in [&pair.client, &pair.broker] {
+        end.sock.set_nonblocking(false)?;
+    }
+    if !(pair.client.settled() && pair.broker.settled()) {
+        bail!("the TLS handshake did not finish");
     }
     Ok(())
 }
 
 /// Measures `rounds` messages on each of `connections` publishers (see the module doc).
-pub(crate) fn measure(connections: usize, rounds: usize) -> anyhow::Result<Floor> {
+pub(crate) fn measure(
+    transport: Transport,
+    connections: usize,
+    rounds: usize,
+) -> anyhow::Result<Floor> {
+    let tls = match transport {
+        Transport::Tcp => None,
+        Transport::Mtls => Some(TlsConfigs::new()?),
+    };
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let mut publishers = pairs(&listener, connections)?;
-    let mut subscribers = pairs(&listener, connections)?;
+    let mut publishers = pairs(&listener, connections, tls.as_ref())?;
+    let mut subscribers = pairs(&listener, connections, tls.as_ref())?;
     let version = ProtocolVersion::V311;
     let publish = thingd_mqtt::encode_to_bytes(
         &Packet::Publish(thingd_mqtt::Publish {
@@ -258,22 +463,18 @@ pub(crate) fn measure(connections: usize, rounds: usize) -> anyhow::Result<Floor
             cpu.count(|| {
                 for (publisher, subscriber) in publishers.iter_mut().zip(subscribers.iter_mut()) {
                     match step {
-                        Step::PublisherWrites => publisher.client.write_all(&publish)?,
+                        Step::PublisherWrites => publisher.client.send(&publish)?,
                         Step::BrokerReadsAndAcks => {
-                            read_expecting(&mut publisher.broker, &mut buf, &publish)?;
-                            publisher.broker.write_all(&puback)?;
+                            publisher.broker.expect(&mut buf, &publish)?;
+                            publisher.broker.send(&puback)?;
                         }
-                        Step::BrokerDelivers => subscriber.broker.write_all(&publish)?,
+                        Step::BrokerDelivers => subscriber.broker.send(&publish)?,
                         Step::SubscriberReadsAndAcks => {
-                            read_expecting(&mut subscriber.client, &mut buf, &publish)?;
-                            subscriber.client.write_all(&puback)?;
+                            subscriber.client.expect(&mut buf, &publish)?;
+                            subscriber.client.send(&puback)?;
                         }
-                        Step::BrokerReadsAck => {
-                            read_expecting(&mut subscriber.broker, &mut buf, &puback)?;
-                        }
-                        Step::PublisherReadsAck => {
-                            read_expecting(&mut publisher.client, &mut buf, &puback)?;
-                        }
+                        Step::BrokerReadsAck => subscriber.broker.expect(&mut buf, &puback)?,
+                        Step::PublisherReadsAck => publisher.client.expect(&mut buf, &puback)?,
                     }
                 }
                 Ok(())
@@ -281,6 +482,7 @@ pub(crate) fn measure(connections: usize, rounds: usize) -> anyhow::Result<Floor
         }
     }
     Ok(Floor {
+        transport,
         connections,
         messages: (connections * rounds) as u64,
         steps,
@@ -293,18 +495,26 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<()> {
     } else {
         (args.connections.max(1), args.rounds.max(1))
     };
+    let transports = args
+        .transports
+        .iter()
+        .map(|name| Transport::parse(name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Four descriptors per publisher: its pair and its subscriber's.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let machine = crate::brokers::MachineCpu::read()?;
-    let floor = measure(connections, rounds)?;
-    let steal = machine
-        .steal_percent_until(&crate::brokers::MachineCpu::read()?)
-        .map_or("–".to_owned(), |s| format!("{s:.1}%"));
-    println!(
-        "{} messages, one thread, blocking sockets (nothing sleeps or wakes); steal {steal}\n",
-        floor.messages
-    );
-    print!("{}", floor.table());
+    for transport in transports {
+        let machine = crate::brokers::MachineCpu::read()?;
+        let floor = measure(transport, connections, rounds)?;
+        let steal = machine
+            .steal_percent_until(&crate::brokers::MachineCpu::read()?)
+            .map_or("–".to_owned(), |s| format!("{s:.1}%"));
+        println!(
+            "{}: {} messages, one thread, blocking sockets (nothing sleeps or wakes); steal {steal}\n",
+            transport.describe(),
+            floor.messages
+        );
+        println!("{}", floor.table());
+    }
     Ok(())
 }
 
@@ -314,21 +524,45 @@ mod tests {
 
     #[test]
     fn every_step_of_every_message_is_measured_and_the_broker_steps_add_up() {
-        let floor = measure(3, 4).expect("measure");
-        assert_eq!(floor.messages, 12);
-        assert_eq!(floor.steps.len(), Step::ALL.len());
-        for (step, cpu) in &floor.steps {
-            // Every step made system calls on 12 messages: some CPU time, however fast.
-            assert!(cpu.on_cpu_ns > 0, "{step:?} measured no CPU");
+        for transport in [Transport::Tcp, Transport::Mtls] {
+            let floor = measure(transport, 3, 4).expect("measure");
+            assert_eq!(floor.messages, 12);
+            assert_eq!(floor.steps.len(), Step::ALL.len());
+            for (step, cpu) in &floor.steps {
+                // Every step made system calls on 12 messages: some CPU time, however fast.
+                assert!(cpu.on_cpu_ns > 0, "{transport:?} {step:?} measured no CPU");
+            }
+            let sum = floor.step_micros(Step::BrokerReadsAndAcks)
+                + floor.step_micros(Step::BrokerDelivers)
+                + floor.step_micros(Step::BrokerReadsAck);
+            assert!((floor.broker_micros() - sum).abs() < 1e-9);
+            assert!(floor.broker_micros() > floor.fan_in_broker_micros());
+            let table = floor.table();
+            assert!(table.contains(transport.describe()), "{table}");
+            for step in Step::ALL {
+                assert!(table.contains(step.describe()), "{table}");
+            }
         }
-        let sum = floor.step_micros(Step::BrokerReadsAndAcks)
-            + floor.step_micros(Step::BrokerDelivers)
-            + floor.step_micros(Step::BrokerReadsAck);
-        assert!((floor.broker_micros() - sum).abs() < 1e-9);
-        assert!(floor.broker_micros() > floor.fan_in_broker_micros());
-        let table = floor.table();
-        for step in Step::ALL {
-            assert!(table.contains(step.describe()), "{table}");
-        }
+    }
+
+    #[test]
+    fn an_mtls_pair_has_verified_the_clients_certificate_and_uses_aes_128_gcm() {
+        let configs = TlsConfigs::new().expect("configs");
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let mut pair = pairs(&listener, 1, Some(&configs))
+            .expect("handshake")
+            .pop()
+            .expect("one pair");
+        let server = pair.broker.tls.as_ref().expect("a TLS session");
+        assert!(server.peer_certificates().is_some_and(|c| !c.is_empty()));
+        assert_eq!(
+            server.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        // The bytes on the socket are records, not the packet.
+        let mut buf = [0u8; 64];
+        pair.client.send(b"hello").expect("send");
+        let n = std::io::Read::read(&mut pair.broker.sock, &mut buf).expect("raw read");
+        assert!(n > 5 && buf[0] == 0x17, "{:02x?}", &buf[..n]);
     }
 }

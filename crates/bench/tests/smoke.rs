@@ -349,8 +349,9 @@ fn the_kernel_floor_prints_every_step_of_a_message() {
         "thingd-bench floor --smoke failed\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.starts_with("200 messages"), "{stdout}");
+    assert!(stdout.starts_with("loopback TCP: 200 messages"), "{stdout}");
     for row in [
+        "loopback mTLS (TLS 1.3, AES-128-GCM): 200 messages",
         "| publisher writes its PUBLISH |",
         "| broker reads the PUBLISH, writes the PUBACK |",
         "| **broker, fan-in**",
