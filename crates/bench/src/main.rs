@@ -6,6 +6,10 @@
 //!
 //! `compare --smoke` runs the same scenarios with tiny counts in seconds and exits non-zero
 //! unless every run delivered what it should; `tests/smoke.rs` runs it in CI.
+//!
+//! `thingd-bench floor` measures what the socket work of a message costs with no broker at
+//! all, the floor under every broker's figure (`floor.rs`); `thingd-bench shadows`, durable
+//! shadow updates per second on thingd (`shadows.rs`).
 
 mod brokers;
 mod client;
