@@ -28,9 +28,9 @@ pub(crate) struct FloorArgs {
     /// Messages per publisher.
     #[arg(long, default_value_t = 200)]
     rounds: usize,
-    /// Transports, comma-separated (tcp, mtls).
+    /// Transports, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "tcp,mtls")]
-    transports: Vec<String>,
+    transports: Vec<Transport>,
     /// Tiny counts; exits non-zero unless every packet arrived as written.
     #[arg(long)]
     smoke: bool,
@@ -198,21 +198,13 @@ impl Floor {
 }
 
 /// What the messages travel over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Transport {
     Tcp,
     Mtls,
 }
 
 impl Transport {
-    fn parse(name: &str) -> anyhow::Result<Transport> {
-        match name {
-            "tcp" => Ok(Transport::Tcp),
-            "mtls" => Ok(Transport::Mtls),
-            other => bail!("unknown transport {other:?} (tcp, mtls)"),
-        }
-    }
-
     fn describe(self) -> &'static str {
         match self {
             Transport::Tcp => "loopback TCP",
@@ -495,14 +487,9 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<()> {
     } else {
         (args.connections.max(1), args.rounds.max(1))
     };
-    let transports = args
-        .transports
-        .iter()
-        .map(|name| Transport::parse(name))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     // Four descriptors per publisher: its pair and its subscriber's.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    for transport in transports {
+    for transport in args.transports {
         let machine = crate::brokers::MachineCpu::read()?;
         let floor = measure(transport, connections, rounds)?;
         let steal = machine

@@ -47,8 +47,9 @@ enum Cmd {
     Compare(CompareArgs),
     /// Durable Device Shadow updates per second over MQTT (thingd only).
     Shadows(shadows::ShadowArgs),
-    /// The kernel's CPU for the socket work of one QoS 1 message over loopback TCP, with no
-    /// broker: the floor under every broker's CPU per message.
+    /// The kernel's CPU for the socket work of one QoS 1 message over loopback TCP, and over
+    /// mTLS that plus the TLS record work, with no broker: the floor under every broker's CPU
+    /// per message.
     Floor(floor::FloorArgs),
     /// Holds idle connections for a `compare` run past its own open-file limit (started by
     /// the tool itself).
