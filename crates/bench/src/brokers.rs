@@ -568,16 +568,23 @@ pub(crate) fn clock_ticks() -> f64 {
 
 /// User + system CPU seconds the process has used (all threads).
 pub(crate) fn cpu_secs(pid: u32, ticks: f64) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let (utime, stime) = user_and_system_ticks(&format!("/proc/{pid}/stat"))?;
+    Ok((utime + stime) as f64 / ticks)
+}
+
+/// The user and system clock ticks in a `stat` file of `/proc` (a process's or a thread's).
+pub(crate) fn user_and_system_ticks(stat_path: &str) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(stat_path)?;
     let after = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .context("malformed stat")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After the command name: state is field 3, utime 14, stime 15.
-    let utime: f64 = fields.get(11).context("utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("stime")?.parse()?;
-    Ok((utime + stime) / ticks)
+    Ok((
+        fields.get(11).context("utime")?.parse()?,
+        fields.get(12).context("stime")?.parse()?,
+    ))
 }
 
 /// The whole machine's CPU time so far, in clock ticks summed over its CPUs (the `cpu` line

@@ -221,12 +221,7 @@ impl Conn {
 
     /// Encodes a PUBACK into the write buffer.
     pub(crate) fn queue_puback(&mut self, packet_id: u16) -> anyhow::Result<()> {
-        self.queue(&Packet::PubResp(PubResp {
-            kind: PubRespKind::PubAck,
-            packet_id,
-            reason: ReasonCode::Success,
-            properties: Properties::default(),
-        }))
+        self.queue(&puback_packet(packet_id))
     }
 
     /// Encodes any packet into the write buffer.
@@ -325,7 +320,12 @@ fn next_packet_id(last: &mut u16) -> u16 {
     *last
 }
 
-fn publish_packet(topic: &ByteStr, qos: QoS, packet_id: Option<u16>, payload: Bytes) -> Packet {
+pub(crate) fn publish_packet(
+    topic: &ByteStr,
+    qos: QoS,
+    packet_id: Option<u16>,
+    payload: Bytes,
+) -> Packet {
     Packet::Publish(Publish {
         dup: false,
         qos,
@@ -334,6 +334,15 @@ fn publish_packet(topic: &ByteStr, qos: QoS, packet_id: Option<u16>, payload: By
         packet_id,
         properties: Properties::default(),
         payload,
+    })
+}
+
+pub(crate) fn puback_packet(packet_id: u16) -> Packet {
+    Packet::PubResp(PubResp {
+        kind: PubRespKind::PubAck,
+        packet_id,
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
     })
 }
 

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use bytes::{Bytes, BytesMut};
-use thingd_mqtt::{ByteStr, Packet, ProtocolVersion, PubResp, PubRespKind, QoS, ReasonCode};
+use thingd_mqtt::{ByteStr, ProtocolVersion, QoS};
+
+use crate::client::{puback_packet, publish_packet};
 
 #[derive(clap::Args)]
 pub(crate) struct FloorArgs {
@@ -117,18 +119,7 @@ fn thread_cpu_ns() -> anyhow::Result<u64> {
 
 /// This thread's user and system clock ticks (sampled at each tick, so right on average).
 fn thread_ticks() -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("malformed stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // After the command name: utime is field 14, stime 15.
-    Ok((
-        fields.get(11).context("utime")?.parse()?,
-        fields.get(12).context("stime")?.parse()?,
-    ))
+    crate::brokers::user_and_system_ticks("/proc/thread-self/stat")
 }
 
 /// What a run measured: CPU per message for every step.
@@ -424,26 +415,15 @@ pub(crate) fn measure(
     let mut subscribers = pairs(&listener, connections, tls.as_ref())?;
     let version = ProtocolVersion::V311;
     let publish = thingd_mqtt::encode_to_bytes(
-        &Packet::Publish(thingd_mqtt::Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: ByteStr::from("bench/fan-in"),
-            packet_id: Some(1),
-            properties: Default::default(),
-            payload: Bytes::from_static(&[0x5a; 16]),
-        }),
+        &publish_packet(
+            &ByteStr::from("bench/fan-in"),
+            QoS::AtLeastOnce,
+            Some(1),
+            Bytes::from_static(&[0x5a; 16]),
+        ),
         version,
     )?;
-    let puback = thingd_mqtt::encode_to_bytes(
-        &Packet::PubResp(PubResp {
-            kind: PubRespKind::PubAck,
-            packet_id: 1,
-            reason: ReasonCode::Success,
-            properties: Default::default(),
-        }),
-        version,
-    )?;
+    let puback = thingd_mqtt::encode_to_bytes(&puback_packet(1), version)?;
     let mut buf = BytesMut::zeroed(publish.len().max(puback.len()));
     let mut steps: Vec<(Step, ThreadCpu)> = Step::ALL
         .iter()
