@@ -6,7 +6,9 @@
 //! the generator's cost per message low and identical for every broker. A connection can
 //! also leave tokio for a thread of its own ([`Conn::into_blocking`]), where it writes with
 //! plain blocking system calls: the fixed-rate publishers, which must send on time, and the
-//! fan-in ones, one thread sending for all of them.
+//! fan-in ones, one thread sending for all of them. The fixed-rate subscribers leave too, and
+//! one thread receives for all of them, reading each socket without blocking when `epoll`
+//! says it is readable.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -414,7 +416,7 @@ impl BlockingConn {
     /// The next packet, waiting at most [`BLOCKING_READ_TIMEOUT`] for each read.
     pub(crate) fn recv(&mut self) -> anyhow::Result<Packet> {
         loop {
-            if let Some(p) = thingd_mqtt::decode(&mut self.rbuf, V, MAX_PACKET)? {
+            if let Some(p) = self.try_decode()? {
                 return Ok(p);
             }
             let mut chunk = [0u8; 4096];
@@ -431,8 +433,92 @@ impl BlockingConn {
         }
     }
 
+    /// The socket's descriptor, to wait for it to become readable ([`BlockingConn::read_ready`]).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        self.io.tcp().as_raw_fd()
+    }
+
+    /// Makes reads return at once ([`BlockingConn::read_ready`]); writes still finish.
+    pub(crate) fn set_nonblocking(&self) -> std::io::Result<()> {
+        self.io.tcp().set_nonblocking(true)
+    }
+
+    /// After [`BlockingConn::set_nonblocking`]: reads everything the socket holds now, up to the
+    /// read that would block (the socket must be read dry before waiting on it again).
+    /// False when the broker closed the connection.
+    pub(crate) fn read_ready(&mut self) -> anyhow::Result<bool> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.io.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A whole packet from what was read, if there is one.
+    pub(crate) fn try_decode(&mut self) -> anyhow::Result<Option<Packet>> {
+        Ok(thingd_mqtt::decode(&mut self.rbuf, V, MAX_PACKET)?)
+    }
+
+    /// Encodes a PUBACK into the write buffer ([`BlockingConn::write_queued`] sends it).
+    pub(crate) fn queue_puback(&mut self, packet_id: u16) -> anyhow::Result<()> {
+        thingd_mqtt::encode(&puback_packet(packet_id), V, &mut self.wbuf)?;
+        Ok(())
+    }
+
+    /// Writes what is queued, on a non-blocking socket. If its send buffer is full (not seen
+    /// with acknowledgements at the rates measured), the rest waits on the socket made
+    /// blocking for that while.
+    pub(crate) fn write_queued(&mut self) -> anyhow::Result<()> {
+        use std::io::ErrorKind::{Interrupted, WouldBlock};
+        match &mut self.io {
+            BlockingStream::Tcp(s) => {
+                let mut sent = 0;
+                while sent < self.wbuf.len() {
+                    match s.write(&self.wbuf[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == WouldBlock => {
+                            s.set_nonblocking(false)?;
+                            s.write_all(&self.wbuf[sent..])?;
+                            s.set_nonblocking(true)?;
+                            sent = self.wbuf.len();
+                        }
+                        Err(e) if e.kind() == Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            BlockingStream::Tls(s) => {
+                // The session takes the plaintext whole and keeps the records not yet sent.
+                s.conn.writer().write_all(&self.wbuf)?;
+                while s.conn.wants_write() {
+                    match s.conn.write_tls(&mut s.sock) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == WouldBlock => {
+                            s.sock.set_nonblocking(false)?;
+                            while s.conn.wants_write() {
+                                s.conn.write_tls(&mut s.sock)?;
+                            }
+                            s.sock.set_nonblocking(true)?;
+                        }
+                        Err(e) if e.kind() == Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
     /// Sends DISCONNECT and closes the connection.
     pub(crate) fn disconnect(mut self) -> anyhow::Result<()> {
+        self.io.tcp().set_nonblocking(false)?;
         thingd_mqtt::encode(&disconnect_packet(), V, &mut self.wbuf)?;
         self.io.write_all(&self.wbuf)?;
         if let BlockingStream::Tls(s) = &mut self.io {
