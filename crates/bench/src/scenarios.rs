@@ -1098,17 +1098,7 @@ mod tests {
     #[tokio::test]
     async fn one_thread_receives_every_delivery_and_acknowledges_each() {
         let (addr, acks) = fake_deliverer(3, 50);
-        let ep = Endpoint {
-            addr,
-            tls: None,
-            spill: None,
-            reset_on_close: false,
-        };
-        let mut subs = Vec::new();
-        for i in 0..3 {
-            let conn = Conn::connect(&ep, &format!("s{i}"), None).await.unwrap();
-            subs.push(conn.into_blocking().unwrap());
-        }
+        let subs = blocking_conns(addr, "s", 3).await;
         let progress = Arc::new(Progress {
             received: AtomicU64::new(0),
             credit: None,
@@ -1127,22 +1117,31 @@ mod tests {
         }
     }
 
-    async fn blocking_publishers(addr: SocketAddr, n: usize) -> Vec<(BlockingConn, ByteStr)> {
+    /// `n` plain TCP connections to `addr`, moved onto blocking sockets.
+    async fn blocking_conns(addr: SocketAddr, prefix: &str, n: usize) -> Vec<BlockingConn> {
         let ep = Endpoint {
             addr,
             tls: None,
             spill: None,
             reset_on_close: false,
         };
-        let mut pubs = Vec::new();
+        let mut conns = Vec::new();
         for i in 0..n {
-            let conn = Conn::connect(&ep, &format!("p{i}"), None).await.unwrap();
-            pubs.push((
-                conn.into_blocking().unwrap(),
-                ByteStr::from(format!("t/{i}")),
-            ));
+            let conn = Conn::connect(&ep, &format!("{prefix}{i}"), None)
+                .await
+                .unwrap();
+            conns.push(conn.into_blocking().unwrap());
         }
-        pubs
+        conns
+    }
+
+    async fn blocking_publishers(addr: SocketAddr, n: usize) -> Vec<(BlockingConn, ByteStr)> {
+        let conns = blocking_conns(addr, "p", n).await;
+        conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, conn)| (conn, ByteStr::from(format!("t/{i}"))))
+            .collect()
     }
 
     #[tokio::test]
