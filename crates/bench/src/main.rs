@@ -2,7 +2,8 @@
 //! with equivalent settings and the same certificates, drives each with the same load
 //! generator over plain TCP and mTLS, and prints (and writes to `docs/benchmarks.md`) a
 //! Markdown table of throughput, broker CPU per message, latency, memory per connection and
-//! handshake rate, each with its ratio to Mosquitto.
+//! handshake rate, each with its ratio to Mosquitto, and durable shadow updates per second on
+//! thingd alone.
 //!
 //! `compare --smoke` runs the same scenarios with tiny counts in seconds and exits non-zero
 //! unless every run delivered what it should; `tests/smoke.rs` runs it in CI.
@@ -225,6 +226,11 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
                 held: 40,
                 half_of: None,
             },
+            ShadowUpdates {
+                things: 4,
+                per_conn: 2,
+                secs: 1,
+            },
             Idle { conns: 50 },
             Storm {
                 parallel: 4,
@@ -318,6 +324,18 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
             half_of: None,
         });
     }
+    // Issue #4's two cases: a gateway per 50 things (AWS's subscription limit per
+    // connection) and a connection per thing.
+    list.push(ShadowUpdates {
+        things: 500,
+        per_conn: 50,
+        secs: 10,
+    });
+    list.push(ShadowUpdates {
+        things: 200,
+        per_conn: 1,
+        secs: 10,
+    });
     list.push(Idle { conns: 10_000 });
     list.push(Idle { conns: 50_000 });
     list.push(Storm {
@@ -660,6 +678,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             thingd_only.push(note);
         }
     }
+    for scenario in list.iter() {
+        if let (Some(service), false) = (scenario.thingd_service(), others.is_empty()) {
+            let note = format!(
+                "{} on thingd only: {} has no counterpart in {}",
+                scenario.name(),
+                service,
+                others.join(" or ")
+            );
+            eprintln!("{note}");
+            thingd_only.push(note);
+        }
+    }
     let setup = Setup {
         max_idle,
         pki: &pki,
@@ -681,10 +711,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                 String::new()
             };
             for (kind, installed) in &found {
-                for scenario in phase
-                    .iter()
-                    .filter(|s| *kind == Kind::Thingd || s.connections() <= max_idle)
-                {
+                for scenario in phase.iter().filter(|s| {
+                    *kind == Kind::Thingd
+                        || (s.connections() <= max_idle && s.thingd_service().is_none())
+                }) {
                     for &transport in &transports {
                         let resolved = resolve(scenario, transport, reference, &maxima);
                         let name = resolved.as_ref().unwrap_or(scenario).name();

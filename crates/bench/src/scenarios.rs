@@ -69,6 +69,14 @@ pub(crate) enum Scenario {
         count: u64,
         secs: u64,
     },
+    /// `things` things updating their Device Shadow for `secs` seconds, one update in flight
+    /// each, `per_conn` things to a connection: durable updates per second (thingd only;
+    /// the peers have no shadow service).
+    ShadowUpdates {
+        things: usize,
+        per_conn: usize,
+        secs: u64,
+    },
 }
 
 impl Scenario {
@@ -114,6 +122,17 @@ impl Scenario {
             }
             Scenario::Idle { conns } => format!("{conns} idle connections"),
             Scenario::Storm { parallel, .. } => format!("connect storm ({parallel} parallel)"),
+            Scenario::ShadowUpdates {
+                things, per_conn, ..
+            } => format!("durable shadow updates, {things} things, {per_conn} per connection"),
+        }
+    }
+
+    /// Why only thingd runs the scenario, if it is thingd's own service.
+    pub(crate) fn thingd_service(&self) -> Option<&'static str> {
+        match self {
+            Scenario::ShadowUpdates { .. } => Some("the Device Shadow service"),
+            _ => None,
         }
     }
 
@@ -141,6 +160,9 @@ impl Scenario {
             Scenario::FixedRate { pairs, held, .. } => 2 * pairs + held,
             Scenario::Idle { conns } => *conns,
             Scenario::Storm { parallel, .. } => *parallel,
+            Scenario::ShadowUpdates {
+                things, per_conn, ..
+            } => things.div_ceil((*per_conn).max(1)),
         }
     }
 }
@@ -292,6 +314,11 @@ pub(crate) async fn run(
                 count,
                 secs,
             } => storm(ep, target, tag, *parallel, *count, *secs).await,
+            Scenario::ShadowUpdates {
+                things,
+                per_conn,
+                secs,
+            } => shadow_updates(ep, target, tag, *things, *per_conn, *secs).await,
         }
     };
     tokio::time::timeout(cap, work)
@@ -868,6 +895,41 @@ async fn fixed_rate(
         cpu: usage0.broker_cpu_until(&usage1),
         steal_percent: usage0.steal_percent_until(&usage1),
         latency: Some(hist),
+        rss_per_conn_kib: None,
+        lossy: false,
+    })
+}
+
+/// Durable shadow updates: every thing keeps one update in flight until `secs` have passed;
+/// each accepted update was committed first. A thing with no update accepted fails the run.
+async fn shadow_updates(
+    ep: &Endpoint,
+    target: Target,
+    tag: &str,
+    things: usize,
+    per_conn: usize,
+    secs: u64,
+) -> anyhow::Result<Measured> {
+    let conns = crate::shadows::connect_things(ep, tag, things, per_conn).await?;
+    let usage0 = target.usage()?;
+    let start = Instant::now();
+    let updated = crate::shadows::update_all(conns, start + Duration::from_secs(secs)).await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let usage1 = target.usage()?;
+    if updated.idle_things > 0 {
+        bail!(
+            "{} of {things} things got no update accepted",
+            updated.idle_things
+        );
+    }
+    Ok(Measured {
+        sent: updated.accepted,
+        expected: updated.accepted,
+        done: updated.accepted,
+        secs: elapsed,
+        cpu: usage0.broker_cpu_until(&usage1),
+        steal_percent: usage0.steal_percent_until(&usage1),
+        latency: Some(updated.latency_us),
         rss_per_conn_kib: None,
         lossy: false,
     })

@@ -71,45 +71,15 @@ pub(crate) async fn run(args: ShadowArgs) -> anyhow::Result<bool> {
     });
     let ticks = brokers::clock_ticks();
 
-    let names: Vec<String> = (0..things).map(|i| format!("shadow-bench-{i}")).collect();
-    let mut conns = Vec::new();
-    for (c, group) in names.chunks(per_conn).enumerate() {
-        let mut conn = Conn::connect(&endpoint, &format!("shadow-bench-conn-{c}"), None)
-            .await
-            .with_context(|| format!("connecting connection {c}"))?;
-        for name in group {
-            conn.subscribe(
-                &format!("$aws/things/{name}/shadow/update/accepted"),
-                QoS::AtLeastOnce,
-            )
-            .await?;
-        }
-        conns.push((conn, group.to_vec()));
-    }
+    let conns = connect_things(&endpoint, "shadow-bench", things, per_conn).await?;
     let cpu_before = brokers::cpu_secs(broker.pid(), ticks)?;
     let own_cpu_before = brokers::cpu_secs(std::process::id(), ticks)?;
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut tasks = Vec::with_capacity(conns.len());
-    for (conn, group) in conns {
-        tasks.push(tokio::spawn(update_loop(conn, group, deadline)));
-    }
-    let mut total = 0u64;
-    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)?;
-    let mut failures = 0;
-    for task in tasks {
-        match task.await? {
-            Ok(result) => {
-                total += result.accepted;
-                latency_us.add(&result.latency_us)?;
-                failures += result.idle_things;
-            }
-            Err(error) => {
-                eprintln!("a connection failed: {error:#}");
-                failures += per_conn;
-            }
-        }
-    }
+    let Updated {
+        accepted: total,
+        latency_us,
+        idle_things: failures,
+    } = update_all(conns, started + Duration::from_secs(seconds)).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = brokers::cpu_secs(broker.pid(), ticks)? - cpu_before;
     let own_cpu = brokers::cpu_secs(std::process::id(), ticks)? - own_cpu_before;
@@ -138,6 +108,73 @@ pub(crate) async fn run(args: ShadowArgs) -> anyhow::Result<bool> {
         eprintln!("{failures} of {things} things got no update accepted");
     }
     Ok(failures == 0 && total > 0)
+}
+
+/// Connections for `things` things named `{prefix}-thing-{i}`, `per_conn` to a connection
+/// (client ids `{prefix}-conn-{c}`), each subscribed to its things' `update/accepted`.
+pub(crate) async fn connect_things(
+    endpoint: &Endpoint,
+    prefix: &str,
+    things: usize,
+    per_conn: usize,
+) -> anyhow::Result<Vec<(Conn, Vec<String>)>> {
+    let names: Vec<String> = (0..things).map(|i| format!("{prefix}-thing-{i}")).collect();
+    let mut conns = Vec::new();
+    for (c, group) in names.chunks(per_conn.max(1)).enumerate() {
+        let mut conn = Conn::connect(endpoint, &format!("{prefix}-conn-{c}"), None)
+            .await
+            .with_context(|| format!("connecting connection {c}"))?;
+        for name in group {
+            conn.subscribe(
+                &format!("$aws/things/{name}/shadow/update/accepted"),
+                QoS::AtLeastOnce,
+            )
+            .await?;
+        }
+        conns.push((conn, group.to_vec()));
+    }
+    Ok(conns)
+}
+
+/// What every thing's updates came to.
+pub(crate) struct Updated {
+    /// Updates accepted (each committed before its `update/accepted`).
+    pub(crate) accepted: u64,
+    /// Things that got no update accepted, counting every thing of a failed connection.
+    pub(crate) idle_things: usize,
+    /// Update → accepted, µs.
+    pub(crate) latency_us: Histogram<u64>,
+}
+
+/// Every connection's things update until `deadline`, one update in flight each.
+pub(crate) async fn update_all(
+    conns: Vec<(Conn, Vec<String>)>,
+    deadline: Instant,
+) -> anyhow::Result<Updated> {
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (conn, group) in conns {
+        let n = group.len();
+        tasks.push((n, tokio::spawn(update_loop(conn, group, deadline))));
+    }
+    let mut updated = Updated {
+        accepted: 0,
+        idle_things: 0,
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 2)?,
+    };
+    for (n, task) in tasks {
+        match task.await? {
+            Ok(result) => {
+                updated.accepted += result.accepted;
+                updated.latency_us.add(&result.latency_us)?;
+                updated.idle_things += result.idle_things;
+            }
+            Err(error) => {
+                eprintln!("a connection failed: {error:#}");
+                updated.idle_things += n;
+            }
+        }
+    }
+    Ok(updated)
 }
 
 /// One connection's things: each keeps one update in flight until `deadline`; writes are

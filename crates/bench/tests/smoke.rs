@@ -108,8 +108,25 @@ fn smoke_comparison_delivers_everything() {
             };
             assert_eq!(rows("| 20:20 QoS 1 16 B |"), 1, "{}", run.stdout);
             assert_eq!(rows("| 20:20 at "), 2, "{}", run.stdout);
+            // Durable shadow updates are thingd's own service: a row for thingd, none for
+            // the peer, and the report says why.
+            let shadow_rows = rows("| durable shadow updates, 4 things, 2 per connection |");
+            assert_eq!(
+                shadow_rows,
+                usize::from(broker == "thingd"),
+                "{}",
+                run.stdout
+            );
         }
     }
+    assert!(
+        run.stderr.contains(
+            "durable shadow updates, 4 things, 2 per connection on thingd only: the Device \
+             Shadow service has no counterpart in mosquitto"
+        ),
+        "{}",
+        run.describe()
+    );
 }
 
 /// A broker named in `--brokers` that is not installed fails the smoke run before anything
