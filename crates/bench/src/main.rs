@@ -304,6 +304,14 @@ fn scenarios(smoke: bool, max_idle: usize) -> Vec<Scenario> {
             held: 0,
             half_of: None,
         },
+        // 10,000 msg/s with no fleet: what the fleet rows below add to it.
+        FixedRate {
+            pairs: 1000,
+            rate: 10,
+            secs: 10,
+            held: 0,
+            half_of: None,
+        },
         // The "100,000 connections held, p99 under 10 ms at 10k msg/s", with as many
         // of the 100,000 as every broker's open-file limit allows...
         FixedRate {
