@@ -409,6 +409,33 @@ async fn run_once(
     result
 }
 
+/// Why `scenario` runs on thingd alone, naming the `others` that sit it out: it needs more
+/// connections than a peer's process may open (thingd holds the rest in io_uring file tables,
+/// and the load generator hands its share past the limit to child processes), or it measures
+/// a service of thingd's own. `None` when every broker runs it.
+fn why_thingd_only(
+    scenario: &Scenario,
+    max_idle: usize,
+    nofile: u64,
+    others: &[String],
+) -> Option<String> {
+    if scenario.connections() > max_idle {
+        return Some(format!(
+            "{} ({} connections) on thingd only: {} would need more descriptors than the \
+             open-file limit ({nofile}) gives a process",
+            scenario.name(),
+            scenario.connections(),
+            others.join(" and ")
+        ));
+    }
+    let service = scenario.thingd_service()?;
+    Some(format!(
+        "{} on thingd only: {service} has no counterpart in {}",
+        scenario.name(),
+        others.join(" or ")
+    ))
+}
+
 /// Puts back, before a `HalfMaxRate` kept by `--only`, the `Pairs` run its rate comes from.
 fn keep_references(list: &mut Vec<Scenario>, all: &[Scenario]) {
     let has_pairs = list.iter().any(|s| matches!(s, Scenario::Pairs { .. }));
@@ -664,38 +691,19 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let reference = found.first().map(|(k, _)| *k);
     // Every `Pairs` rate the reference delivered, per transport, msg/s.
     let mut reference_rates: Vec<(Transport, f64)> = Vec::new();
-    // Scenarios with more connections than a broker process may open run on thingd only: it
-    // holds the rest in io_uring file tables (the load generator hands its share past the
-    // limit to child processes). The others would stall at their open-file limit.
+    // The peers, named in the note of every scenario only thingd runs (`why_thingd_only`).
     let others: Vec<String> = found
         .iter()
         .filter(|(k, _)| *k != Kind::Thingd)
         .map(|(k, _)| k.to_string())
         .collect();
     let mut thingd_only = Vec::new();
-    for scenario in list.iter().filter(|s| s.connections() > max_idle) {
-        if !others.is_empty() {
-            let note = format!(
-                "{} ({} connections) on thingd only: {} would need more descriptors than the \
-                 open-file limit ({nofile}) gives a process",
-                scenario.name(),
-                scenario.connections(),
-                others.join(" and ")
-            );
-            eprintln!("{note}");
-            thingd_only.push(note);
-        }
-    }
-    for scenario in list.iter() {
-        if let (Some(service), false) = (scenario.thingd_service(), others.is_empty()) {
-            let note = format!(
-                "{} on thingd only: {} has no counterpart in {}",
-                scenario.name(),
-                service,
-                others.join(" or ")
-            );
-            eprintln!("{note}");
-            thingd_only.push(note);
+    if !others.is_empty() {
+        for scenario in &list {
+            if let Some(note) = why_thingd_only(scenario, max_idle, nofile, &others) {
+                eprintln!("{note}");
+                thingd_only.push(note);
+            }
         }
     }
     let setup = Setup {
@@ -720,8 +728,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             };
             for (kind, installed) in &found {
                 for scenario in phase.iter().filter(|s| {
-                    *kind == Kind::Thingd
-                        || (s.connections() <= max_idle && s.thingd_service().is_none())
+                    *kind == Kind::Thingd || why_thingd_only(s, max_idle, nofile, &others).is_none()
                 }) {
                     for &transport in &transports {
                         let resolved = resolve(scenario, transport, reference, &maxima);
